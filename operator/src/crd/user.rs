@@ -1,0 +1,75 @@
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{SecretKeyRef, Status};
+
+/// A person who logs in through the token service or is named by API keys.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "portcullis.io",
+    version = "v1alpha1",
+    kind = "User",
+    plural = "users",
+    shortname = "pcuser",
+    category = "portcullis",
+    status = "Status",
+    doc = "A Portcullis user: an identity with an e-mail, global roles and an initial password from a Secret.",
+    printcolumn(
+        name = "Email",
+        type_ = "string",
+        json_path = ".spec.email",
+        description = "Login e-mail"
+    ),
+    printcolumn(
+        name = "Roles",
+        type_ = "string",
+        json_path = ".spec.roles",
+        description = "Global roles"
+    ),
+    printcolumn(
+        name = "Disabled",
+        type_ = "boolean",
+        json_path = ".spec.disabled",
+        priority = 1,
+        description = "Whether logins and tokens are refused"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the user is in the database"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSpec {
+    /// Login e-mail address; unique across all Users.
+    #[schemars(email, length(max = 254), regex(pattern = super::patterns::EMAIL))]
+    pub email: String,
+    /// Name shown in user interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+    /// Names of the Roles this user holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = super::patterns::OBJECT_NAME)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub roles: Vec<String>,
+    /// Refuse logins and revoke every session and token of this user.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Secret key holding the initial password. It is hashed (argon2id) when the Secret's
+    /// content changes, so a password changed later through the token service is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Free-form user preferences (e.g. `theme: dark`, `reducedMotion: "true"`), returned by `/api/v1/auth/user`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub preferences: BTreeMap<String, String>,
+    /// Require a second factor at login.
+    #[serde(default)]
+    pub require_two_factor: bool,
+}

@@ -1,0 +1,229 @@
+//! Checks a manifest the way the API server would before admitting it: the structural
+//! schema of its CRD (types, required fields, unknown fields, enums, patterns, bounds,
+//! list uniqueness) and its CEL `x-kubernetes-validations` rules.
+//!
+//! In a cluster the API server does this; without one (local mode, tests of the
+//! examples) this is what stands between a typo and the database.
+
+use std::collections::HashSet;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::Value;
+
+/// Validates `object` (a whole manifest) against `crd`. Returns every problem found,
+/// each as `path: message`.
+pub fn validate(crd: &CustomResourceDefinition, object: &Value) -> Result<(), Vec<String>> {
+    let Some(schema) = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.storage)
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+    else {
+        return Err(vec![format!("{}: CRD has no schema", crd.spec.names.kind)]);
+    };
+    let schema = match serde_json::to_value(schema) {
+        Ok(s) => s,
+        Err(e) => return Err(vec![format!("schema: {e}")]),
+    };
+    let mut errors = Vec::new();
+    // apiVersion, kind and metadata are the API machinery's; check the rest.
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        let fields = object.as_object();
+        for (name, sub) in props
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "apiVersion" | "kind" | "metadata"))
+        {
+            if let Some(value) = fields.and_then(|f| f.get(name)) {
+                check(sub, value, name, &mut errors);
+            }
+        }
+        for field in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if fields.is_none_or(|f| !f.contains_key(field)) {
+                errors.push(format!("{field}: required"));
+            }
+        }
+        if let Some(fields) = fields {
+            for name in fields.keys() {
+                let machinery = matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
+                if !machinery && !props.contains_key(name) {
+                    errors.push(format!("{name}: unknown field"));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        // CEL rules assume a structurally valid object; run them only then.
+        if let Err(cel) = kube::core::cel::Validator::new().validate(&schema, object, None) {
+            errors.extend(cel.into_vec().into_iter().map(|e| e.to_string()));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() {
+        if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
+            errors.push(format!("{path}: must not be null"));
+        }
+        return;
+    }
+    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let expected = schema.get("type").and_then(Value::as_str);
+    let type_ok = match expected {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !type_ok {
+        errors.push(format!(
+            "{path}: expected {}, got {}",
+            expected.unwrap_or("?"),
+            type_name(value)
+        ));
+        return;
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        errors.push(format!("{path}: {value} is not one of {}", list.join(", ")));
+    }
+    match value {
+        Value::String(s) => check_string(schema, s, path, errors),
+        Value::Number(n) => {
+            let n = n.as_f64().unwrap_or(f64::NAN);
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64).filter(|m| n < *m) {
+                errors.push(format!("{path}: {n} is below the minimum {min}"));
+            }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64).filter(|m| n > *m) {
+                errors.push(format!("{path}: {n} is above the maximum {max}"));
+            }
+        }
+        Value::Array(items) => check_array(schema, items, path, errors),
+        Value::Object(fields) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties");
+            for (name, sub) in fields {
+                let here = format!("{path}.{name}");
+                match (props.and_then(|p| p.get(name)), extra) {
+                    (Some(sub_schema), _) => check(sub_schema, sub, &here, errors),
+                    (None, Some(extra)) if extra.is_object() => check(extra, sub, &here, errors),
+                    (None, Some(Value::Bool(true))) => {}
+                    (None, _) if schema.get("x-kubernetes-preserve-unknown-fields").is_some() => {}
+                    (None, _) => errors.push(format!("{here}: unknown field")),
+                }
+            }
+            for field in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !fields.contains_key(field) {
+                    errors.push(format!("{path}.{field}: required"));
+                }
+            }
+            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+                && fields.len() as u64 > max
+            {
+                errors.push(format!("{path}: more than {max} entries"));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<String>) {
+    let len = s.chars().count() as u64;
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64).filter(|m| len < *m) {
+        errors.push(format!("{path}: shorter than {min} characters"));
+    }
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64).filter(|m| len > *m) {
+        errors.push(format!("{path}: longer than {max} characters"));
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+        match regex::Regex::new(pattern) {
+            Ok(re) if !re.is_match(s) => errors.push(format!("{path}: {s:?} does not match {pattern}")),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{path}: bad pattern in CRD: {e}")),
+        }
+    }
+    if schema.get("format").and_then(Value::as_str) == Some("date-time") && s.parse::<jiff::Timestamp>().is_err() {
+        errors.push(format!("{path}: {s:?} is not an RFC 3339 date-time"));
+    }
+}
+
+fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<String>) {
+    let len = items.len() as u64;
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64).filter(|m| len < *m) {
+        errors.push(format!("{path}: needs at least {min} item(s)"));
+    }
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64).filter(|m| len > *m) {
+        errors.push(format!("{path}: at most {max} item(s)"));
+    }
+    if let Some(item_schema) = schema.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(item_schema, item, &format!("{path}[{i}]"), errors);
+        }
+    }
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            let mut seen = HashSet::new();
+            for item in items {
+                if !seen.insert(item.to_string()) {
+                    errors.push(format!("{path}: duplicate entry {item}"));
+                }
+            }
+        }
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let mut seen = HashSet::new();
+            for item in items {
+                let key: Vec<String> = keys
+                    .iter()
+                    .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
+                    .collect();
+                if !seen.insert(key.clone()) {
+                    errors.push(format!(
+                        "{path}: duplicate entry for {} = {}",
+                        keys.join(","),
+                        key.join(",")
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}

@@ -1,0 +1,359 @@
+//! The store: the only place in Portcullis that speaks SQL.
+//!
+//! One implementation serves PostgreSQL, MySQL/MariaDB and SQLite through sqlx's `Any`
+//! driver. Statements are written once with `?` placeholders (rewritten to `$n` for
+//! PostgreSQL) and in the common subset of the three dialects: no upsert syntax (a
+//! write reads the current row first, under the revision lock, and then inserts or
+//! updates), no `RETURNING`, times as Unix seconds, JSON as text.
+//!
+//! Writes that change what a policy snapshot holds run in [`Store::write`]: the first
+//! statement bumps the revision row, so every such writer takes the same lock first
+//! (no deadlocks between our own writers, commit order equals revision order) and a
+//! write that turns out to change nothing rolls back without bumping, which makes
+//! every upsert idempotent.
+
+/// Runs `$body` (which evaluates to `Result<bool>`: did it change anything) as one
+/// snapshot-changing transaction, retried as a whole on transient errors. `$tx` is the
+/// `&mut Transaction`. A macro rather than a closure-taking method because async
+/// closures lose `Send` through higher-ranked lifetimes, and reconcilers spawn these.
+macro_rules! versioned_write {
+    ($store:ident, $what:literal, |$tx:ident| $body:block) => {
+        $crate::store::with_retry($store.retry, $what, || async {
+            let mut write = $store.begin_write().await?;
+            let changed: $crate::store::Result<bool> = async {
+                let $tx = &mut write.tx;
+                $body
+            }
+            .await;
+            write.finish(changed?).await
+        })
+        .await
+    };
+}
+
+/// Runs `$body` (a `Result<T>`) in a transaction that does not touch the revision
+/// (audit, session book-keeping: nothing a snapshot holds), retried on transient errors.
+macro_rules! unversioned_write {
+    ($store:ident, $what:literal, |$tx:ident| $body:block) => {
+        $crate::store::with_retry($store.retry, $what, || async {
+            let mut tx = $store.pool.begin().await?;
+            let value: $crate::store::Result<_> = async {
+                let $tx = &mut tx;
+                $body
+            }
+            .await;
+            let value = value?;
+            tx.commit().await?;
+            Ok(value)
+        })
+        .await
+    };
+}
+
+mod api_keys;
+mod audit;
+mod config;
+mod error;
+mod policies;
+mod retry;
+mod roles;
+mod sessions;
+mod snapshot;
+mod sources;
+mod teams;
+mod users;
+
+use std::time::{Duration, Instant};
+
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, SqlStr, Transaction};
+
+pub use api_keys::ApiKeyRow;
+pub use audit::AuditEvent;
+pub use config::{Backend, DbConfig, default_pool_size};
+pub use error::{ConfigError, Result, StoreError};
+pub use policies::PolicyRow;
+pub use retry::{RetryPolicy, is_transient, with_retry};
+pub use roles::RoleRow;
+pub use sessions::{ResetTokenRow, SessionRow};
+pub use sources::SourceRow;
+pub use teams::TeamRow;
+pub use users::{PasswordRow, UserRow};
+
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static MYSQL: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// What a snapshot-changing write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The revision after the write (unchanged when `changed` is false).
+    pub revision: i64,
+    pub changed: bool,
+}
+
+/// A connection pool to the control plane's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects, waiting for the database with exponential backoff up to `config.wait`
+    /// and saying what it waits for. Errors that waiting cannot fix (bad credentials,
+    /// unknown database, unreadable SQLite file) end the wait at once.
+    pub async fn connect(config: &DbConfig) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = config.redacted_url();
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 1u32;
+        // Probe with single connections: the pool's own retries would hide the reason
+        // ("connection refused") behind "pool timed out".
+        loop {
+            match AnyConnection::connect(config.url()).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    break;
+                }
+                Err(err) if !worth_waiting_for(&err) => {
+                    return Err(StoreError::Rejected {
+                        url,
+                        reason: one_line(&err),
+                    });
+                }
+                Err(err) => {
+                    let remaining = config.wait.saturating_sub(started.elapsed());
+                    if remaining.is_zero() {
+                        return Err(StoreError::Unreachable {
+                            url,
+                            waited_secs: started.elapsed().as_secs(),
+                            reason: one_line(&err),
+                        });
+                    }
+                    let pause = backoff.min(remaining);
+                    tracing::warn!(
+                        backend = config.backend.as_str(),
+                        url = %url,
+                        attempt,
+                        retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        error = %one_line(&err),
+                        "waiting for the database"
+                    );
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(config.url())
+            .await?;
+        if config.backend == Backend::Sqlite && !config.url().contains(":memory:") {
+            // WAL lets snapshot readers run beside the writer; the setting sticks to the file.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        tracing::info!(backend = config.backend.as_str(), url = %url, pool_size = config.pool_size, "connected to the database");
+        Ok(Store {
+            pool,
+            backend: config.backend,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn open(config: &DbConfig) -> Result<Store> {
+        let store = Store::connect(config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations of this backend that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Postgres => &POSTGRES,
+            Backend::MySql => &MYSQL,
+            Backend::Sqlite => &SQLITE,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Pool figures for metrics: (open connections, idle connections).
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The current revision.
+    pub async fn revision(&self) -> Result<i64> {
+        let revision = self
+            .scalar_i64("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(revision)
+    }
+
+    /// Builds a statement written with `?` placeholders for this backend.
+    fn query(&self, sql: &'static str) -> Query<'static, Any, AnyArguments> {
+        sqlx::query(self.sql(sql))
+    }
+
+    fn scalar_i64(&self, sql: &'static str) -> QueryScalar<'static, Any, i64, AnyArguments> {
+        sqlx::query_scalar(self.sql(sql))
+    }
+
+    fn sql(&self, sql: &'static str) -> SqlStr {
+        match self.backend {
+            Backend::Postgres => AssertSqlSafe(numbered_placeholders(sql)).into_sql_str(),
+            Backend::MySql | Backend::Sqlite => sql.into_sql_str(),
+        }
+    }
+
+    /// Starts a snapshot-changing transaction: bumps the revision first (see the
+    /// module comment for why first).
+    async fn begin_write(&self) -> Result<WriteTx> {
+        let mut tx = self.pool.begin().await?;
+        self.query("UPDATE revision SET value = value + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let revision = self
+            .scalar_i64("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(WriteTx { tx, revision })
+    }
+}
+
+/// A transaction opened by [`Store::begin_write`].
+struct WriteTx {
+    tx: Transaction<'static, Any>,
+    revision: i64,
+}
+
+impl WriteTx {
+    /// Commits if something changed; otherwise rolls back, taking the bump back.
+    async fn finish(self, changed: bool) -> Result<WriteOutcome> {
+        if changed {
+            self.tx.commit().await?;
+            Ok(WriteOutcome {
+                revision: self.revision,
+                changed: true,
+            })
+        } else {
+            self.tx.rollback().await?;
+            Ok(WriteOutcome {
+                revision: self.revision - 1,
+                changed: false,
+            })
+        }
+    }
+}
+
+/// Whether a connection error may go away by itself (server starting, network, too
+/// many connections) rather than needing the operator's configuration fixed.
+fn worth_waiting_for(err: &sqlx::Error) -> bool {
+    if is_transient(err) {
+        return true;
+    }
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            // too_many_connections (PostgreSQL), ER_CON_COUNT_ERROR (MySQL)
+            matches!(code.as_deref(), Some("53300" | "08004"))
+                || db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|e| e.number() == 1040)
+        }
+        _ => false,
+    }
+}
+
+/// An error as one line, for logs and start-up failures.
+fn one_line(err: &sqlx::Error) -> String {
+    let text = match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `?` → `$1`, `$2`, … (our statements never contain `?` inside string literals).
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// JSON columns: encode.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        what: "value to encode",
+        reason: e.to_string(),
+    })
+}
+
+/// JSON columns: decode, naming the column when the database holds something else.
+fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn flag(value: bool) -> i32 {
+    i32::from(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            numbered_placeholders("UPDATE t SET a = ?, b = ? WHERE c = ?"),
+            "UPDATE t SET a = $1, b = $2 WHERE c = $3"
+        );
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+    }
+}

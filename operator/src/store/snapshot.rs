@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+
+use portcullis_wire::{ApiKeyEntry, PolicyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};
+use sqlx::Row;
+
+use super::api_keys::{decode_api_key, select_keys};
+use super::policies::decode_policy;
+use super::roles::decode_role;
+use super::sources::decode_source;
+use super::teams::decode_team_role;
+use super::{Backend, Result, Store};
+
+/// Revoked API keys stay in snapshots this long, so that a refusal can say "revoked".
+const REVOKED_KEY_MEMORY_SECS: i64 = 24 * 3600;
+
+impl Store {
+    /// Reads everything sidecars enforce, at one revision, in one read-only transaction
+    /// with a stable view (REPEATABLE READ / consistent snapshot / one SQLite read
+    /// transaction), so a snapshot never holds half of a write.
+    pub async fn read_snapshot(&self, now: i64) -> Result<Snapshot> {
+        let mut tx = match self.backend {
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+            Backend::MySql => {
+                self.pool
+                    .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await?
+            }
+            Backend::Sqlite => self.pool.begin().await?,
+        };
+        let revision = self
+            .scalar_i64("SELECT value FROM revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+
+        let roles = self
+            .query("SELECT name, scopes, description, builtin FROM roles ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_role(row).map(|r| RoleEntry {
+                    name: r.name,
+                    scopes: r.scopes,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut user_roles: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in self
+            .query("SELECT user_name, role_name FROM user_roles ORDER BY user_name, role_name")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            user_roles
+                .entry(row.try_get("user_name")?)
+                .or_default()
+                .push(row.try_get("role_name")?);
+        }
+        let mut user_teams: BTreeMap<String, Vec<TeamMembership>> = BTreeMap::new();
+        for row in self
+            .query("SELECT team_name, user_name, role FROM team_members ORDER BY user_name, team_name")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            user_teams
+                .entry(row.try_get("user_name")?)
+                .or_default()
+                .push(TeamMembership {
+                    team: row.try_get("team_name")?,
+                    role: decode_team_role(&row.try_get::<String, _>("role")?)?,
+                });
+        }
+        let users = self
+            .query("SELECT name, email, disabled FROM users ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                Ok(UserEntry {
+                    email: row.try_get("email")?,
+                    disabled: row.try_get::<i64, _>("disabled")? != 0,
+                    roles: user_roles.remove(&name).unwrap_or_default(),
+                    teams: user_teams.remove(&name).unwrap_or_default(),
+                    name,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let api_keys = self
+            .query(select_keys!("WHERE (expires_at IS NULL OR expires_at > ?) AND (revoked_at IS NULL OR revoked_at > ?) ORDER BY key_hash"))
+            .bind(now)
+            .bind(now - REVOKED_KEY_MEMORY_SECS)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_api_key(row).map(|k| ApiKeyEntry {
+                    key_hash: k.key_hash,
+                    prefix: k.prefix,
+                    owner_kind: k.owner_kind,
+                    owner_name: k.owner_name,
+                    scopes: k.scopes,
+                    expires_at: k.expires_at,
+                    revoked_at: k.revoked_at,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let sources = self
+            .query("SELECT namespace, name, source_type, team_name, labels, enabled, rate_limit FROM sources ORDER BY namespace, name")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_source(row).map(|s| SourceEntry {
+                    namespace: s.namespace,
+                    name: s.name,
+                    team: s.team,
+                    enabled: s.enabled,
+                    rate_limit: s.rate_limit,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let revoked_sessions: Vec<String> = sqlx::query_scalar(
+            self.sql("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ? ORDER BY id"),
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        let policies = self
+            .query("SELECT namespace, name, pod_selector, spec FROM policies ORDER BY namespace, name")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                decode_policy(row).map(|p| PolicyEntry {
+                    namespace: p.namespace,
+                    name: p.name,
+                    pod_selector: p.pod_selector,
+                    rules: p.rules,
+                    cors: p.cors,
+                    api_versions: p.api_versions,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        tx.commit().await?;
+        Ok(Snapshot {
+            revision,
+            generated_at: now,
+            roles,
+            users,
+            api_keys,
+            sources,
+            revoked_sessions,
+            policies,
+        })
+    }
+}

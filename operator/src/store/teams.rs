@@ -1,0 +1,180 @@
+use portcullis_wire::TeamRole;
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, WriteOutcome, unix_now};
+
+/// A team as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamRow {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// (user, role), sorted by user, one entry per user.
+    pub members: Vec<(String, TeamRole)>,
+}
+
+impl TeamRow {
+    pub fn new(name: impl Into<String>) -> Self {
+        TeamRow {
+            name: name.into(),
+            display_name: None,
+            description: None,
+            members: Vec::new(),
+        }
+    }
+
+    pub fn with_member(mut self, user: impl Into<String>, role: TeamRole) -> Self {
+        let user = user.into();
+        self.members.retain(|(u, _)| *u != user);
+        self.members.push((user, role));
+        self.members.sort();
+        self
+    }
+}
+
+impl Store {
+    /// Creates or updates a team and its members. Fails with
+    /// [`StoreError::MissingReference`] when a member is not a user.
+    pub async fn upsert_team(&self, team: &TeamRow) -> Result<WriteOutcome> {
+        let mut team = team.clone();
+        team.members.sort();
+        team.members.dedup_by(|a, b| a.0 == b.0);
+        versioned_write!(self, "upsert_team", |tx| {
+            let current = match self
+                .query("SELECT name, display_name, description FROM teams WHERE name = ?")
+                .bind(&team.name)
+                .fetch_optional(&mut **tx)
+                .await?
+            {
+                Some(row) => Some(TeamRow {
+                    name: row.try_get("name")?,
+                    display_name: row.try_get("display_name")?,
+                    description: row.try_get("description")?,
+                    members: self.team_members(tx, &team.name).await?,
+                }),
+                None => None,
+            };
+            if current.as_ref() == Some(&team) {
+                return Ok(false);
+            }
+            let mut missing = Vec::new();
+            for (user, _) in &team.members {
+                if self
+                    .query("SELECT name FROM users WHERE name = ?")
+                    .bind(user)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .is_none()
+                {
+                    missing.push(user.clone());
+                }
+            }
+            if !missing.is_empty() {
+                return Err(StoreError::MissingReference {
+                    kind: "user",
+                    names: missing,
+                });
+            }
+            let now = unix_now();
+            if current.is_some() {
+                self.query("UPDATE teams SET display_name = ?, description = ?, updated_at = ? WHERE name = ?")
+                    .bind(&team.display_name)
+                    .bind(&team.description)
+                    .bind(now)
+                    .bind(&team.name)
+                    .execute(&mut **tx)
+                    .await?;
+            } else {
+                self.query("INSERT INTO teams (name, display_name, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
+                    .bind(&team.name)
+                    .bind(&team.display_name)
+                    .bind(&team.description)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let had: &[(String, TeamRole)] = current.as_ref().map_or(&[], |c| &c.members);
+            for (user, _) in had.iter().filter(|(u, _)| !team.members.iter().any(|(m, _)| m == u)) {
+                self.query("DELETE FROM team_members WHERE team_name = ? AND user_name = ?")
+                    .bind(&team.name)
+                    .bind(user)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            for (user, role) in &team.members {
+                match had.iter().find(|(u, _)| u == user) {
+                    Some((_, old)) if old == role => {}
+                    Some(_) => {
+                        self.query("UPDATE team_members SET role = ? WHERE team_name = ? AND user_name = ?")
+                            .bind(role.as_str())
+                            .bind(&team.name)
+                            .bind(user)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    None => {
+                        self.query("INSERT INTO team_members (team_name, user_name, role) VALUES (?, ?, ?)")
+                            .bind(&team.name)
+                            .bind(user)
+                            .bind(role.as_str())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Deletes a team; its memberships cascade.
+    pub async fn delete_team(&self, name: &str) -> Result<WriteOutcome> {
+        versioned_write!(self, "delete_team", |tx| {
+            let deleted = self
+                .query("DELETE FROM teams WHERE name = ?")
+                .bind(name)
+                .execute(&mut **tx)
+                .await?;
+            Ok(deleted.rows_affected() > 0)
+        })
+    }
+
+    pub async fn get_team(&self, name: &str) -> Result<Option<TeamRow>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = self
+            .query("SELECT name, display_name, description FROM teams WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(TeamRow {
+            name: row.try_get("name")?,
+            display_name: row.try_get("display_name")?,
+            description: row.try_get("description")?,
+            members: self.team_members(&mut conn, name).await?,
+        }))
+    }
+
+    async fn team_members(&self, conn: &mut sqlx::AnyConnection, team: &str) -> Result<Vec<(String, TeamRole)>> {
+        let rows = self
+            .query("SELECT user_name, role FROM team_members WHERE team_name = ? ORDER BY user_name")
+            .bind(team)
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("user_name")?,
+                    decode_team_role(&row.try_get::<String, _>("role")?)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+pub(super) fn decode_team_role(text: &str) -> Result<TeamRole> {
+    TeamRole::parse(text).ok_or_else(|| StoreError::Corrupt {
+        what: "team_members.role",
+        reason: format!("unknown role {text:?}"),
+    })
+}

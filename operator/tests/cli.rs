@@ -1,0 +1,128 @@
+//! The operator binary's start-up: bad database configuration ends with one clear line
+//! and a non-zero exit, never a panic; good configuration migrates.
+
+use std::process::{Command, Output};
+
+fn operator(env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis-operator"));
+    cmd.arg("migrate");
+    for var in [
+        "DATABASE_URL",
+        "DB_TYPE",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "DB_USER",
+        "DB_PASS",
+        "DB_POOL_SIZE",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "warn").envs(env.iter().copied());
+    cmd.output().expect("run portcullis-operator")
+}
+
+/// Asserts a failed start with exit `code` whose last stderr line is one `error:` line
+/// containing `needle`.
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line in: {stderr}");
+    assert!(errors[0].contains(needle), "{:?} lacks {needle:?}", errors[0]);
+    assert_eq!(stderr.lines().last(), Some(errors[0]), "the error is the last word");
+}
+
+#[test]
+fn unknown_db_type_is_one_line_and_exit_2() {
+    let out = operator(&[("DB_TYPE", "oracle")]);
+    assert_one_line_error(&out, 2, "unknown DB_TYPE \"oracle\"");
+}
+
+#[test]
+fn malformed_url_is_one_line_and_exit_2() {
+    assert_one_line_error(
+        &operator(&[("DATABASE_URL", "postgres//oops")]),
+        2,
+        "malformed DATABASE_URL",
+    );
+    assert_one_line_error(
+        &operator(&[("DATABASE_URL", "redis://localhost/0")]),
+        2,
+        "unsupported scheme",
+    );
+}
+
+#[test]
+fn no_configuration_is_refused_rather_than_guessed() {
+    assert_one_line_error(&operator(&[]), 2, "no database configured");
+}
+
+#[test]
+fn unreachable_database_is_waited_for_then_reported() {
+    // Port 9 (discard) on loopback is closed here: connection refused at once.
+    let out = operator(&[
+        ("DATABASE_URL", "postgres://portcullis:s3cret@127.0.0.1:9/portcullis"),
+        ("DB_WAIT_SECONDS", "1"),
+    ]);
+    assert_one_line_error(&out, 1, "still unreachable");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting for the database"),
+        "says what it waits for: {stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "password never printed: {stderr}");
+}
+
+#[test]
+fn unopenable_sqlite_file_is_one_line() {
+    let out = operator(&[("DATABASE_URL", "sqlite:///nonexistent-dir/portcullis.db")]);
+    assert_one_line_error(&out, 1, "unable to open database file");
+}
+
+#[test]
+fn sqlite_migrates_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/p.db", dir.path().display());
+    for _ in 0..2 {
+        let out = operator(&[("DATABASE_URL", &url)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("up to date at revision 0"));
+    }
+}
+
+#[cfg_attr(not(portcullis_test_mysql), ignore = "set TEST_MYSQL_URL to run on MariaDB/MySQL")]
+#[test]
+fn wrong_mysql_password_is_one_line() {
+    let mut url = url::Url::parse(&std::env::var("TEST_MYSQL_URL").unwrap()).unwrap();
+    url.set_password(Some("definitely-wrong")).unwrap();
+    let out = operator(&[("DATABASE_URL", url.as_str())]);
+    assert_one_line_error(&out, 1, "Access denied");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("definitely-wrong"),
+        "password never printed"
+    );
+}
+
+#[cfg_attr(not(portcullis_test_postgres), ignore = "set TEST_POSTGRES_URL to run on PostgreSQL")]
+#[test]
+fn unknown_postgres_role_and_database_are_one_line() {
+    let base = url::Url::parse(&std::env::var("TEST_POSTGRES_URL").unwrap()).unwrap();
+    let mut bad_user = base.clone();
+    bad_user.set_username("no_such_role").unwrap();
+    assert_one_line_error(&operator(&[("DATABASE_URL", bad_user.as_str())]), 1, "no_such_role");
+    let mut bad_db = base.clone();
+    bad_db.set_path("no_such_database");
+    assert_one_line_error(&operator(&[("DATABASE_URL", bad_db.as_str())]), 1, "does not exist");
+}
+
+#[test]
+fn db_parts_are_used_when_there_is_no_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("parts.db");
+    let out = operator(&[("DB_TYPE", "sqlite"), ("DB_NAME", path.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(path.exists());
+}

@@ -1,0 +1,16 @@
+//! Types that cross the wire between the Portcullis control plane and its sidecars.
+//!
+//! The sidecar depends on this crate alone (no kube, no sqlx), so everything it needs
+//! to enforce a policy is here: the [`Snapshot`] it receives and the AccessPolicy rule
+//! types it compiles. The operator embeds the same rule types in its AccessPolicy CRD,
+//! which is why they carry optional `schemars` derives (feature `schema`): one
+//! definition, so the CRD and the enforcement can never disagree on a field.
+
+pub mod policy;
+pub mod snapshot;
+
+pub use policy::{
+    ApiVersion, ApiVersions, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PolicyRule, RateLimit,
+    SelectorOperator, TeamRole,
+};
+pub use snapshot::{ApiKeyEntry, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};

@@ -1,0 +1,105 @@
+//! The policy snapshot: everything a sidecar needs to decide a request, at one revision.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{ApiVersions, Cors, LabelSelector, PolicyRule, RateLimit, TeamRole};
+
+/// A consistent view of the control plane's database at `revision`.
+///
+/// Read in one transaction, so a sidecar never sees half of a write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Monotonic revision: every write to the control plane's database bumps it.
+    pub revision: i64,
+    /// Unix seconds at which the snapshot was read.
+    pub generated_at: i64,
+    pub roles: Vec<RoleEntry>,
+    pub users: Vec<UserEntry>,
+    pub api_keys: Vec<ApiKeyEntry>,
+    pub sources: Vec<SourceEntry>,
+    /// Ids of refresh-token sessions revoked and not yet expired; an access token whose
+    /// `sid` is listed here is refused even though its signature and `exp` are valid.
+    pub revoked_sessions: Vec<String>,
+    pub policies: Vec<PolicyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleEntry {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    pub name: String,
+    pub email: String,
+    pub disabled: bool,
+    pub roles: Vec<String>,
+    pub teams: Vec<TeamMembership>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamMembership {
+    pub team: String,
+    pub role: TeamRole,
+}
+
+/// Who an API key acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerKind {
+    User,
+    Source,
+}
+
+impl OwnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::User => "user",
+            OwnerKind::Source => "source",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(OwnerKind::User),
+            "source" => Some(OwnerKind::Source),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyEntry {
+    /// Hex SHA-256 of the key; the key itself never leaves the Secret it was written to.
+    pub key_hash: String,
+    /// First characters of the key, safe to show and log.
+    pub prefix: String,
+    pub owner_kind: OwnerKind,
+    pub owner_name: String,
+    pub scopes: Vec<String>,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    /// Unix seconds; a revoked key stays listed until it expires so that the refusal
+    /// can say "revoked" rather than "unknown".
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceEntry {
+    pub namespace: String,
+    pub name: String,
+    pub team: Option<String>,
+    pub enabled: bool,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyEntry {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: LabelSelector,
+    pub rules: Vec<PolicyRule>,
+    pub cors: Option<Cors>,
+    pub api_versions: Option<ApiVersions>,
+}
