@@ -2,6 +2,19 @@
 //!
 //! - [`crd`]: the custom resources, the source of truth for `crds/*.yaml`.
 //! - [`store`]: the database, the only module that speaks SQL.
+//! - [`controller`]: one reconciler per kind, and what they share.
+//! - [`bootstrap`]: built-in roles and the first administrator.
+//! - [`credentials`]: API keys, password hashes, digests.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the health/metrics HTTP port.
+//! - [`leader`]: leader election, so that one replica reconciles.
+//! - [`local`]: local mode, the control plane without a cluster.
 
+pub mod admin;
+pub mod bootstrap;
+pub mod controller;
 pub mod crd;
+pub mod credentials;
+pub mod leader;
+pub mod local;
+pub mod metrics;
 pub mod store;

@@ -1,9 +1,20 @@
 //! `portcullis-operator`: the Portcullis control plane.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use portcullis_operator::store::{DbConfig, Store, StoreError};
+use futures::FutureExt;
+use portcullis_operator::admin::{self, AdminState};
+use portcullis_operator::controller::manager::{self, Namespaces, Synced};
+use portcullis_operator::controller::{Config, Context};
+use portcullis_operator::leader::{self, LeaderConfig};
+use portcullis_operator::metrics::Metrics;
+use portcullis_operator::store::{DbConfig, Store};
+use portcullis_operator::{bootstrap, local};
 
 #[derive(Parser)]
 #[command(name = "portcullis-operator", version, about = "Portcullis control plane")]
@@ -15,11 +26,77 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Namespace the operator runs in (bootstrap admin Secret, default for password Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    namespace: String,
+    /// How long a rotated API key keeps working, in seconds.
+    #[arg(long, env = "APIKEY_ROTATION_GRACE_SECONDS", default_value_t = 86_400)]
+    rotation_grace_seconds: u64,
+    /// Periodic re-reconcile that repairs drifted rows, in seconds.
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+}
+
+impl Common {
+    fn config(&self) -> Config {
+        Config {
+            namespace: self.namespace.clone(),
+            rotation_grace: Duration::from_secs(self.rotation_grace_seconds),
+            resync: Duration::from_secs(self.resync_seconds),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Wait for the database (DATABASE_URL or DB_TYPE, DB_HOST, DB_PORT, DB_NAME, DB_USER,
-    /// DB_PASS), apply pending migrations and print the current revision.
+    /// Run the controllers against the cluster (in-cluster config or KUBECONFIG).
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Namespaces watched by the namespaced controllers (APIKey, Source, AccessPolicy); all when empty.
+        #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        /// Address of the metrics and health port.
+        #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+        admin_addr: SocketAddr,
+        /// Name of the coordination Lease for leader election.
+        #[arg(long, env = "LEASE_NAME", default_value = "portcullis-operator")]
+        lease_name: String,
+    },
+    /// Apply a directory of manifests to a database without a cluster, report each
+    /// object's status, and keep watching the directory (unless --once).
+    Local {
+        #[command(flatten)]
+        common: Common,
+        /// Directory of manifests (the YAML you would `kubectl apply`).
+        #[arg(long, default_value = "examples")]
+        manifests: PathBuf,
+        /// Where local mode keeps Secrets it generated (API keys, the admin password).
+        #[arg(long, default_value = ".portcullis")]
+        state_dir: PathBuf,
+        /// Apply once, print the report and exit (non-zero if a manifest was refused).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Wait for the database, apply pending migrations and print the current revision.
     Migrate,
+}
+
+/// Errors that end the process, each as one line.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Config(#[from] portcullis_operator::store::ConfigError),
+    #[error(transparent)]
+    Store(#[from] portcullis_operator::store::StoreError),
+    #[error(transparent)]
+    Reconcile(#[from] portcullis_operator::controller::Error),
+    #[error("{0}")]
+    Other(String),
+    #[error("some manifests were refused")]
+    Refused,
 }
 
 fn main() -> ExitCode {
@@ -35,6 +112,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate => migrate().await,
+            Command::Run {
+                common,
+                watch_namespaces,
+                admin_addr,
+                lease_name,
+            } => run(common, watch_namespaces, admin_addr, lease_name).await,
+            Command::Local {
+                common,
+                manifests,
+                state_dir,
+                once,
+            } => run_local(common, manifests, state_dir, once).await,
         }
     });
     match result {
@@ -43,14 +132,14 @@ fn main() -> ExitCode {
             // One line, no backtrace: this is what a platform engineer sees in `kubectl logs`.
             eprintln!("error: {err}");
             match err {
-                StoreError::Config(_) => ExitCode::from(2),
+                Fatal::Config(_) | Fatal::Store(portcullis_operator::store::StoreError::Config(_)) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
     }
 }
 
-async fn migrate() -> Result<(), StoreError> {
+async fn migrate() -> Result<(), Fatal> {
     let config = DbConfig::from_env()?;
     let store = Store::open(&config).await?;
     let revision = store.revision().await?;
@@ -60,6 +149,175 @@ async fn migrate() -> Result<(), StoreError> {
     );
     store.close().await;
     Ok(())
+}
+
+async fn run(
+    common: Common,
+    watch_namespaces: Vec<String>,
+    admin_addr: SocketAddr,
+    lease_name: String,
+) -> Result<(), Fatal> {
+    let db = DbConfig::from_env()?;
+    let store = Store::open(&db).await?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| Fatal::Other(format!("Kubernetes client: {e}")))?;
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics.clone());
+    let synced = Arc::new(Synced::default());
+
+    // Every replica serves the admin port; only the leader reconciles.
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| Fatal::Other(format!("bind {admin_addr}: {e}")))?;
+    let readiness = {
+        let (store, synced, metrics) = (store.clone(), synced.clone(), metrics.clone());
+        admin::Readiness::new(move || {
+            let (store, synced, metrics) = (store.clone(), synced.clone(), metrics.clone());
+            async move {
+                let revision = store.revision().await.map_err(|e| format!("database: {e}"))?;
+                metrics.set_revision(revision);
+                let (open, idle) = store.pool_stats();
+                metrics.set_pool(open, idle);
+                if synced.is_synced() {
+                    Ok(())
+                } else {
+                    Err("controller caches not synced yet".to_string())
+                }
+            }
+        })
+    };
+    let state = AdminState {
+        metrics: metrics.clone(),
+        ready: readiness,
+    };
+    tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
+    tracing::info!(%admin_addr, "admin port: /metrics /healthz /readyz");
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
+    let leader_config = LeaderConfig {
+        lease_name,
+        namespace: common.namespace.clone(),
+        identity,
+        duration_secs: 15,
+        grace_secs: 5,
+    };
+    let mut handle = leader::elect(client.clone(), leader_config, metrics.clone())
+        .await
+        .map_err(|e| Fatal::Other(format!("leader election: {e}")))?;
+    tokio::select! {
+        _ = handle.wait_until_leader() => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    let report = bootstrap::run(&store, &client, &common.namespace).await?;
+    tracing::info!(?report, "bootstrap done");
+    let namespaces = if watch_namespaces.is_empty() {
+        Namespaces::All
+    } else {
+        Namespaces::Only(watch_namespaces)
+    };
+    let stop = async move {
+        tokio::select! {
+            _ = handle.lost() => tracing::warn!("leadership lost; stopping the controllers"),
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+        }
+    };
+    manager::run(ctx, namespaces, synced, Box::pin(stop)).await;
+    store.close().await;
+    Ok(())
+}
+
+async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool) -> Result<(), Fatal> {
+    // Local mode's database defaults to a SQLite file next to its state.
+    let db = match DbConfig::from_env() {
+        Ok(db) => db,
+        Err(portcullis_operator::store::ConfigError::Missing) => {
+            std::fs::create_dir_all(&state_dir).map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
+            DbConfig::from_url(&format!("sqlite://{}/portcullis.db", state_dir.display()))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = Store::open(&db).await?;
+    let client = local::memory_api();
+    let restored = local::restore_secrets(&client, &state_dir)
+        .await
+        .map_err(Fatal::Other)?;
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics);
+    let report = bootstrap::run(&store, &client, &common.namespace).await?;
+    if report.secret_created {
+        println!(
+            "bootstrap: user {} created; its password is in {}/secrets/{}/{}.yaml",
+            bootstrap::ADMIN_EMAIL,
+            state_dir.display(),
+            common.namespace,
+            bootstrap::ADMIN_SECRET
+        );
+    }
+    tracing::info!(restored, database = %db.redacted_url(), manifests = %dir.display(), "local mode");
+
+    let mut previous = Vec::new();
+    let mut fingerprint = Vec::new();
+    loop {
+        let (manifests, problems) =
+            local::load_dir(&dir).map_err(|e| Fatal::Other(format!("{}: {e}", dir.display())))?;
+        for problem in &problems {
+            eprintln!("refused: {problem}");
+        }
+        local::sync_objects(&client, &manifests, &previous)
+            .await
+            .map_err(Fatal::Other)?;
+        let statuses = local::converge(&ctx).await.map_err(Fatal::Other)?;
+        let secrets = local::operator_secrets(&client).await.map_err(Fatal::Other)?;
+        local::save_secrets(&state_dir, &secrets).map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
+        println!("{:<13} {:<28} {:<6} {:<20} MESSAGE", "KIND", "NAME", "READY", "REASON");
+        for status in &statuses {
+            println!("{status}");
+        }
+        println!("revision {}", store.revision().await?);
+        if once {
+            return if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(Fatal::Refused)
+            };
+        }
+        previous = manifests;
+        if fingerprint.is_empty() {
+            fingerprint = local::fingerprint(&dir);
+        }
+        println!("watching {} for changes (Ctrl-C to stop)", dir.display());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(local::POLL) => {}
+                _ = shutdown_signal() => return Ok(()),
+            }
+            let now = local::fingerprint(&dir);
+            if now != fingerprint {
+                fingerprint = now;
+                break;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn init_tracing(format: &str) {

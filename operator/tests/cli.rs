@@ -126,3 +126,104 @@ fn db_parts_are_used_when_there_is_no_url() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(path.exists());
 }
+
+fn local_once(manifests: &std::path::Path, state: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis-operator"))
+        .args(["local", "--once", "--manifests"])
+        .arg(manifests)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("DATABASE_URL")
+        .env_remove("DB_TYPE")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run portcullis-operator local")
+}
+
+#[test]
+fn local_mode_applies_the_examples_and_keeps_keys_across_restarts() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let state = tempfile::tempdir().unwrap();
+    let out = local_once(&examples, state.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for object in [
+        "auditor",
+        "alice",
+        "bob",
+        "platform",
+        "shop/edge-syslog",
+        "shop/bob-cli",
+        "shop/sample-api",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(object))
+            .unwrap_or_else(|| panic!("{object} in {stdout}"));
+        assert!(line.contains(" True ") && line.contains("Reconciled"), "{line}");
+    }
+    let key_file = state.path().join("secrets/shop/bob-cli-apikey.yaml");
+    let first = std::fs::read_to_string(&key_file).unwrap();
+    assert!(first.contains("api-key"));
+    let admin = state
+        .path()
+        .join("secrets/portcullis-system/portcullis-initial-admin.yaml");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert!(stdout.contains("bootstrap: user admin@localhost.local created"));
+    assert!(
+        !stdout.contains(&std::fs::read_to_string(&admin).unwrap()),
+        "the password is not printed"
+    );
+
+    // A restart reuses the database and the saved Secrets: the same key, no new admin.
+    let again = local_once(&examples, state.path());
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        first,
+        "API key stable across restarts"
+    );
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("bootstrap: user"));
+}
+
+#[test]
+fn local_mode_reports_malformed_manifests_per_file_and_applies_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "apiVersion: portcullis.io/v1alpha1\nkind: Role\nmetadata: [oops\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("roles.yaml"),
+        "apiVersion: portcullis.io/v1alpha1\nkind: Role\nmetadata: {name: good}\nspec: {scopes: [read]}\n---\n\
+         apiVersion: portcullis.io/v1alpha1\nkind: Role\nmetadata: {name: bad}\nspec: {scopes: [\"not a scope\"]}\n",
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = local_once(dir.path(), state.path());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("refused: broken.yaml: invalid YAML"), "{stderr}");
+    assert!(
+        stderr.contains("refused: roles.yaml: Role bad: spec.scopes[0]"),
+        "{stderr}"
+    );
+    let good = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("good"))
+        .expect("good applied");
+    assert!(good.contains(" True "), "{good}");
+    assert!(!stdout.lines().any(|l| l.split_whitespace().nth(1) == Some("bad")));
+}

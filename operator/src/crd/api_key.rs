@@ -101,4 +101,8 @@ pub struct ApiKeyStatus {
     /// When the current key was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at: Option<Time>,
+    /// The `portcullis.io/rotate` annotation value last acted on; setting the annotation
+    /// to another value rotates the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
 }

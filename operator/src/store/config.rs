@@ -59,6 +59,9 @@ pub struct DbConfig {
     pub pool_size: u32,
     /// How long start-up waits for an unreachable database before giving up.
     pub wait: Duration,
+    /// How long an operation waits for a pooled connection before reporting the
+    /// database unavailable.
+    pub acquire_timeout: Duration,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -68,11 +71,13 @@ impl std::fmt::Debug for DbConfig {
             .field("url", &self.redacted_url())
             .field("pool_size", &self.pool_size)
             .field("wait", &self.wait)
+            .field("acquire_timeout", &self.acquire_timeout)
             .finish()
     }
 }
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl DbConfig {
     /// Reads the process environment.
@@ -125,6 +130,7 @@ impl DbConfig {
             url,
             pool_size,
             wait,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
         })
     }
 
@@ -136,6 +142,7 @@ impl DbConfig {
             url,
             pool_size: default_pool_size(),
             wait: DEFAULT_WAIT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
         })
     }
 

@@ -49,6 +49,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database is out of reach (down, failing over, pool exhausted) rather
+    /// than refusing this particular change: callers report "unavailable" and retry later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) => true,
+            StoreError::Unreachable { .. } => true,
+            other => other.is_transient(),
+        }
+    }
+
     /// Whether the same operation may succeed if tried again (deadlock, Galera
     /// certification failure, node not ready, connection lost).
     pub fn is_transient(&self) -> bool {

@@ -159,7 +159,7 @@ impl Store {
         }
         let pool = AnyPoolOptions::new()
             .max_connections(config.pool_size)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(config.acquire_timeout)
             .connect(config.url())
             .await?;
         if config.backend == Backend::Sqlite && !config.url().contains(":memory:") {

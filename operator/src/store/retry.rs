@@ -34,9 +34,9 @@ const TRANSIENT_SQLITE_CODES: &[i64] = &[5, 6];
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => is_transient_database_error(db.as_ref()),
-        // The connection dropped or the pool could not hand one out in time: the
-        // database may be restarting or failing over.
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        // The connection dropped: the database may be restarting or failing over.
+        // (`PoolTimedOut` is not retried here: the pool has already waited.)
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
 }
@@ -176,7 +176,7 @@ mod tests {
         )));
         assert!(is_transient(&db_error("40P01", "deadlock detected")));
         assert!(is_transient(&db_error("57P03", "the database system is starting up")));
-        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::PoolTimedOut), "the pool already waited");
         assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset
         ))));

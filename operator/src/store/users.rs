@@ -227,11 +227,13 @@ impl Store {
     }
 
     /// Sets a user's password hash. `source_digest` is the digest of the Secret content
-    /// it came from, or `None` when the user chose it. Not part of any snapshot.
+    /// it came from; `None` (the user chose a new password) keeps the recorded digest,
+    /// so that the operator does not re-apply an unchanged Secret over the user's choice.
+    /// Not part of any snapshot.
     pub async fn set_password(&self, user: &str, hash: &str, source_digest: Option<&str>) -> Result<()> {
         unversioned_write!(self, "set_password", |tx| {
             let updated = self
-                .query("UPDATE users SET password_hash = ?, password_source_digest = ?, updated_at = ? WHERE name = ?")
+                .query("UPDATE users SET password_hash = ?, password_source_digest = COALESCE(?, password_source_digest), updated_at = ? WHERE name = ?")
                 .bind(hash)
                 .bind(source_digest)
                 .bind(unix_now())

@@ -94,3 +94,57 @@ async fn open(url: &str) -> Store {
     config.pool_size = 8;
     Store::open(&config).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
+
+/// A TCP proxy in front of a database server that a test can cut and restore: the
+/// database "goes away" for the code under test while the server keeps running.
+pub struct Outage {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Outage {
+    pub async fn start(target: std::net::SocketAddr) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, connections2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client); // refused: the database is "down"
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections2.lock().unwrap().push(task);
+            }
+        });
+        Outage { addr, up, connections }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut u = url::Url::parse(url).expect("URL");
+        u.set_host(Some("127.0.0.1")).expect("host");
+        u.set_port(Some(self.addr.port())).expect("port");
+        u.to_string()
+    }
+}

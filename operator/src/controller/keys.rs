@@ -1,0 +1,154 @@
+//! API key material shared by APIKeys and Sources: the key lives in a Secret (written
+//! once, owned by the object), its hash in the store. The Secret is the source of
+//! truth: a hash missing from the database is restored from it, and a key is only
+//! generated when there is no Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, PostParams};
+use portcullis_wire::OwnerKind;
+
+use super::{Context, Result};
+use crate::credentials::{self, generate_api_key};
+use crate::store::{ApiKeyRow, unix_now};
+
+/// Key of the Secret's data that holds the API key.
+pub const SECRET_KEY: &str = "api-key";
+
+/// Who a key is for and what it may do.
+pub struct Grant<'a> {
+    pub namespace: &'a str,
+    /// Identity of the key's object in the store (`APIKey` name, or `source/<name>`).
+    pub object: &'a str,
+    pub owner_kind: OwnerKind,
+    pub owner_name: &'a str,
+    pub scopes: &'a [String],
+    pub expires_at: Option<i64>,
+}
+
+/// What [`ensure`] found or did.
+pub struct KeyState {
+    pub prefix: String,
+    pub issued: bool,
+}
+
+/// Makes sure the key exists: in the Secret `secret_name` (owned by `owner`) and, as a
+/// hash, in the store with the grant's owner, scopes and expiry. `rotate` replaces the
+/// key, retiring the old one after the configured grace period.
+pub async fn ensure(
+    ctx: &Context,
+    secret_name: &str,
+    owner: OwnerReference,
+    grant: &Grant<'_>,
+    rotate: bool,
+) -> Result<KeyState> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), grant.namespace);
+    let existing = secrets.get_opt(secret_name).await?.and_then(|s| key_of(&s));
+    let now = unix_now();
+    let state = match existing {
+        Some(key) if !rotate => {
+            let hash = credentials::hash_api_key(&key);
+            if ctx.store.find_api_key(&hash).await?.is_none() {
+                // Drift: the row went missing; the Secret still holds the key.
+                ctx.store
+                    .insert_api_key(&row(grant, &hash, &credentials::display_prefix(&key), now))
+                    .await?;
+            }
+            KeyState {
+                prefix: credentials::display_prefix(&key),
+                issued: false,
+            }
+        }
+        previous => {
+            // No Secret (first reconcile, or deleted behind our back) or a rotation.
+            let retire_at = if rotate && previous.is_some() {
+                now + ctx.config.rotation_grace.as_secs() as i64
+            } else {
+                now
+            };
+            ctx.store
+                .revoke_api_keys(grant.namespace, grant.object, retire_at)
+                .await?;
+            let fresh = generate_api_key();
+            ctx.store
+                .insert_api_key(&row(grant, &fresh.hash, &fresh.prefix, now))
+                .await?;
+            write_secret(&secrets, secret_name, owner, &fresh.key).await?;
+            tracing::info!(namespace = grant.namespace, object = grant.object, prefix = %fresh.prefix, rotated = rotate, "issued API key");
+            KeyState {
+                prefix: fresh.prefix,
+                issued: true,
+            }
+        }
+    };
+    ctx.store
+        .update_api_key_grants(
+            grant.namespace,
+            grant.object,
+            grant.owner_kind,
+            grant.owner_name,
+            grant.scopes,
+            grant.expires_at,
+        )
+        .await?;
+    Ok(state)
+}
+
+fn row(grant: &Grant<'_>, hash: &str, prefix: &str, now: i64) -> ApiKeyRow {
+    ApiKeyRow {
+        key_hash: hash.to_string(),
+        namespace: grant.namespace.to_string(),
+        name: grant.object.to_string(),
+        prefix: prefix.to_string(),
+        owner_kind: grant.owner_kind,
+        owner_name: grant.owner_name.to_string(),
+        scopes: grant.scopes.to_vec(),
+        expires_at: grant.expires_at,
+        revoked_at: None,
+        created_at: now,
+    }
+}
+
+fn key_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(SECRET_KEY)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|k| k.starts_with(credentials::API_KEY_PREFIX))
+}
+
+/// Creates the Secret, or replaces its key (rotation). The Secret is owned by the
+/// object, so Kubernetes deletes it with the object.
+async fn write_secret(secrets: &Api<Secret>, name: &str, owner: OwnerReference, key: &str) -> Result<()> {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            owner_references: Some(vec![owner]),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                super::MANAGER.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            SECRET_KEY.to_string(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    };
+    match secrets.get_opt(name).await? {
+        None => {
+            secrets.create(&PostParams::default(), &secret).await?;
+        }
+        Some(current) => {
+            let mut updated = current;
+            updated.data = secret.data;
+            updated.string_data = None;
+            secrets.replace(name, &PostParams::default(), &updated).await?;
+        }
+    }
+    Ok(())
+}

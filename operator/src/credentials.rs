@@ -1,0 +1,152 @@
+//! Secrets the operator makes and the one-way forms it stores: API keys (SHA-256),
+//! passwords (argon2id), and digests of Secret content.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Every Portcullis API key starts with this, so that secret scanners and people
+/// recognise one (and the sidecar can refuse anything else without a lookup).
+pub const API_KEY_PREFIX: &str = "pck_";
+
+/// Characters of the key shown in status, logs and UIs (prefix included).
+const DISPLAY_LEN: usize = API_KEY_PREFIX.len() + 8;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A freshly generated API key. `key` goes into a Secret once and nowhere else.
+pub struct GeneratedKey {
+    pub key: String,
+    pub hash: String,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `pck_` + 32 random bytes in base62 (43 characters, ~256 bits).
+pub fn generate_api_key() -> GeneratedKey {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let key = format!("{API_KEY_PREFIX}{}", base62(&bytes));
+    GeneratedKey {
+        hash: hash_api_key(&key),
+        prefix: display_prefix(&key),
+        key,
+    }
+}
+
+/// What the database and snapshots hold for a key: hex SHA-256. A fast hash is right
+/// here (unlike passwords): keys have 256 bits of entropy, and the sidecar hashes on
+/// every request.
+pub fn hash_api_key(key: &str) -> String {
+    sha256_hex(key.as_bytes())
+}
+
+/// The part of a key that is safe to show.
+pub fn display_prefix(key: &str) -> String {
+    key.chars().take(DISPLAY_LEN).collect()
+}
+
+/// Hex SHA-256, used to notice that a Secret's content changed without keeping it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A random password for the bootstrap admin: 24 base62 characters (~143 bits).
+pub fn random_password() -> String {
+    let mut bytes = [0u8; 18];
+    rand::rng().fill_bytes(&mut bytes);
+    base62(&bytes).chars().take(24).collect()
+}
+
+/// argon2id with OWASP's recommended parameters (19 MiB, 2 iterations, 1 lane).
+/// CPU-heavy on purpose: call it from `spawn_blocking`.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let salt = SaltString::encode_b64(&raw)?;
+    Ok(hasher().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// Checks a password against a stored argon2 hash (constant time inside argon2).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+fn hasher() -> Argon2<'static> {
+    // The parameters are constants known to be valid.
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Base62 of a byte string (big-endian number), no padding.
+fn base62(bytes: &[u8]) -> String {
+    let mut digits: Vec<u8> = bytes.to_vec();
+    let mut out = Vec::new();
+    while digits.iter().any(|&d| d != 0) {
+        let mut remainder = 0u32;
+        for d in digits.iter_mut() {
+            let acc = (remainder << 8) | u32::from(*d);
+            *d = (acc / 62) as u8;
+            remainder = acc % 62;
+        }
+        out.push(BASE62[remainder as usize]);
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_prefixed_long_random_and_hashed() {
+        let a = generate_api_key();
+        let b = generate_api_key();
+        assert!(a.key.starts_with(API_KEY_PREFIX));
+        assert!(a.key.len() >= API_KEY_PREFIX.len() + 40, "{}", a.key.len());
+        assert!(a.key[API_KEY_PREFIX.len()..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.hash, hash_api_key(&a.key));
+        assert_eq!(a.hash.len(), 64);
+        assert!(a.key.starts_with(&a.prefix) && a.prefix.len() == 12);
+        assert!(!format!("{a:?}").contains(&a.key), "Debug never shows the key");
+    }
+
+    #[test]
+    fn base62_is_a_faithful_encoding() {
+        assert_eq!(base62(&[0, 61]), "z");
+        assert_eq!(base62(&[0, 62]), "10");
+        assert_eq!(base62(&[1, 0]), "48"); // 256 = 4*62 + 8
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_verify() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("correct horsf", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+        assert_ne!(hash, hash_password("correct horse").unwrap(), "salted");
+        let p = random_password();
+        assert_eq!(p.len(), 24);
+        assert_ne!(p, random_password());
+    }
+}

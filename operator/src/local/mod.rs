@@ -1,0 +1,533 @@
+//! Local mode: the control plane without a cluster. Applies a directory of manifests
+//! (the same YAML a user would `kubectl apply`, Secrets included) to a database through
+//! the same reconcilers, with an in-memory Kubernetes API standing in for the API
+//! server, reports each object's resulting status, and keeps watching the directory.
+//!
+//! Operator-made Secrets (generated API keys, the bootstrap admin's password) are kept
+//! in the state directory, so that keys survive a restart as they would in a cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub mod api;
+
+pub use api::MemoryApi;
+
+use crate::controller::{self, Context, Reconciled};
+use crate::crd::{self, AccessPolicy, ApiKey, Role, Source, Team, User};
+
+/// One object read from the manifests directory.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub value: Value,
+}
+
+/// A manifest (or a whole file) that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub object: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.object {
+            Some(object) => write!(f, "{}: {object}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// The kinds local mode applies, in dependency order.
+const KINDS: &[&str] = &["Role", "User", "Team", "Source", "APIKey", "AccessPolicy"];
+
+/// Reads every `*.yaml` / `*.yml` file of `dir`: valid objects, and problems (a file
+/// that does not parse is skipped whole; an invalid object is skipped alone).
+pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Manifest>, Vec<Problem>)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut manifests = Vec::new();
+    let mut problems = Vec::new();
+    for path in files {
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(Problem {
+                    file,
+                    object: None,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        match parse_file(&file, &text) {
+            Ok((mut found, mut bad)) => {
+                manifests.append(&mut found);
+                problems.append(&mut bad);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    Ok((manifests, problems))
+}
+
+/// Parses one file. A YAML error rejects the whole file (as `kubectl apply -f` does).
+pub fn parse_file(file: &str, text: &str) -> Result<(Vec<Manifest>, Vec<Problem>), Problem> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| Problem {
+            file: file.to_string(),
+            object: None,
+            message: format!("invalid YAML: {e}"),
+        })?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    let mut manifests = Vec::new();
+    let mut problems = Vec::new();
+    for (i, value) in docs.into_iter().enumerate() {
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let label = if name.is_empty() {
+            format!("document {}", i + 1)
+        } else {
+            format!("{kind} {name}")
+        };
+        let problem = |message: String| Problem {
+            file: file.to_string(),
+            object: Some(label.clone()),
+            message,
+        };
+        if kind.is_empty() || name.is_empty() || value["apiVersion"].as_str().is_none() {
+            problems.push(problem("needs apiVersion, kind and metadata.name".into()));
+            continue;
+        }
+        let ours = value["apiVersion"] == "portcullis.io/v1alpha1";
+        if ours {
+            let Some(definition) = crd::by_kind(&kind) else {
+                problems.push(problem(format!("unknown kind {kind} in portcullis.io/v1alpha1")));
+                continue;
+            };
+            if let Err(errors) = crd::validate::validate(&definition, &value) {
+                problems.push(problem(errors.join("; ")));
+                continue;
+            }
+        } else if !(value["apiVersion"] == "v1" && matches!(kind.as_str(), "Secret" | "Namespace")) {
+            problems.push(problem(format!(
+                "{} {kind} is not applied in local mode (ignored)",
+                value["apiVersion"]
+            )));
+            continue;
+        }
+        let namespaced = matches!(kind.as_str(), "APIKey" | "Source" | "AccessPolicy" | "Secret");
+        let namespace = if namespaced {
+            Some(value["metadata"]["namespace"].as_str().unwrap_or("default").to_string())
+        } else {
+            None
+        };
+        manifests.push(Manifest {
+            file: file.to_string(),
+            kind,
+            namespace,
+            name,
+            value,
+        });
+    }
+    Ok((manifests, problems))
+}
+
+/// A client of a fresh in-memory Kubernetes API that serves our kinds and Secrets.
+pub fn memory_api() -> Client {
+    MemoryApi::new().client()
+}
+
+/// One line of the report: an object and its Ready condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStatus {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub ready: String,
+    pub reason: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ObjectStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        };
+        write!(
+            f,
+            "{:<13} {:<28} {:<6} {:<20} {}",
+            self.kind, name, self.ready, self.reason, self.message
+        )
+    }
+}
+
+/// Applies `manifests` to the in-memory API: creates what is new, updates what
+/// changed, deletes what is gone (so its rows are cleaned up by the finalizer).
+pub async fn sync_objects(client: &Client, manifests: &[Manifest], previous: &[Manifest]) -> Result<(), String> {
+    let key = |m: &Manifest| (m.kind.clone(), m.namespace.clone(), m.name.clone());
+    let now: BTreeSet<_> = manifests.iter().map(key).collect();
+    for gone in previous.iter().filter(|m| !now.contains(&key(m))) {
+        delete(client, gone).await?;
+    }
+    for namespace in manifests
+        .iter()
+        .filter_map(|m| m.namespace.clone())
+        .collect::<BTreeSet<_>>()
+    {
+        ensure_namespace(client, &namespace).await?;
+    }
+    for m in manifests {
+        apply(client, m).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await.map_err(|e| e.to_string())?.is_none() {
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).map_err(|e| e.to_string())?;
+        api.create(&PostParams::default(), &ns)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn apply(client: &Client, m: &Manifest) -> Result<(), String> {
+    match m.kind.as_str() {
+        "Role" => apply_typed::<Role>(Api::all(client.clone()), m).await,
+        "User" => apply_typed::<User>(Api::all(client.clone()), m).await,
+        "Team" => apply_typed::<Team>(Api::all(client.clone()), m).await,
+        "APIKey" => apply_typed::<ApiKey>(namespaced(client, m), m).await,
+        "Source" => apply_typed::<Source>(namespaced(client, m), m).await,
+        "AccessPolicy" => apply_typed::<AccessPolicy>(namespaced(client, m), m).await,
+        "Secret" => apply_typed::<Secret>(namespaced(client, m), m).await,
+        "Namespace" => ensure_namespace(client, &m.name).await,
+        _ => Ok(()),
+    }
+}
+
+async fn delete(client: &Client, m: &Manifest) -> Result<(), String> {
+    let dp = DeleteParams::default();
+    let result = match m.kind.as_str() {
+        "Role" => Api::<Role>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
+        "User" => Api::<User>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
+        "Team" => Api::<Team>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
+        "APIKey" => namespaced::<ApiKey>(client, m).delete(&m.name, &dp).await.map(drop),
+        "Source" => namespaced::<Source>(client, m).delete(&m.name, &dp).await.map(drop),
+        "AccessPolicy" => namespaced::<AccessPolicy>(client, m)
+            .delete(&m.name, &dp)
+            .await
+            .map(drop),
+        "Secret" => namespaced::<Secret>(client, m).delete(&m.name, &dp).await.map(drop),
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(format!("delete {} {}: {e}", m.kind, m.name)),
+    }
+}
+
+fn namespaced<K>(client: &Client, m: &Manifest) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), m.namespace.as_deref().unwrap_or("default"))
+}
+
+/// Creates the object, or replaces its spec/data keeping metadata the API owns.
+async fn apply_typed<K>(api: Api<K>, m: &Manifest) -> Result<(), String>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let mut desired: K = serde_json::from_value(m.value.clone()).map_err(|e| format!("{}: {e}", m.file))?;
+    match api.get_opt(&m.name).await.map_err(|e| e.to_string())? {
+        None => {
+            api.create(&PostParams::default(), &desired)
+                .await
+                .map_err(|e| format!("create {} {}: {e}", m.kind, m.name))?;
+        }
+        Some(current) => {
+            let mut current_json = serde_json::to_value(&current).map_err(|e| e.to_string())?;
+            let desired_json = serde_json::to_value(&desired).map_err(|e| e.to_string())?;
+            let mut changed = false;
+            for field in ["spec", "data", "stringData", "type"] {
+                if current_json.get(field) != desired_json.get(field) {
+                    changed = true;
+                    match desired_json.get(field) {
+                        Some(v) => current_json[field] = v.clone(),
+                        None => {
+                            if let Some(obj) = current_json.as_object_mut() {
+                                obj.remove(field);
+                            }
+                        }
+                    }
+                }
+            }
+            let annotations = desired.meta().annotations.clone();
+            if current.meta().annotations != annotations {
+                changed = true;
+                current_json["metadata"]["annotations"] =
+                    serde_json::to_value(&annotations).map_err(|e| e.to_string())?;
+            }
+            if changed {
+                if current_json.get("spec").is_some() {
+                    let generation = current.meta().generation.unwrap_or(1);
+                    current_json["metadata"]["generation"] = serde_json::json!(generation + 1);
+                }
+                desired = serde_json::from_value(current_json).map_err(|e| e.to_string())?;
+                api.replace(&m.name, &PostParams::default(), &desired)
+                    .await
+                    .map_err(|e| format!("update {} {}: {e}", m.kind, m.name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles every object of our kinds, in dependency order, until a pass changes no
+/// status (references resolve across passes, as watches would in a cluster).
+pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
+    let mut last = Vec::new();
+    for _ in 0..6 {
+        for kind in KINDS {
+            match *kind {
+                "Role" => {
+                    reconcile_all::<Role, _, _>(ctx, Api::all(ctx.client.clone()), controller::role::reconcile).await?
+                }
+                "User" => {
+                    reconcile_all::<User, _, _>(ctx, Api::all(ctx.client.clone()), controller::user::reconcile).await?
+                }
+                "Team" => {
+                    reconcile_all::<Team, _, _>(ctx, Api::all(ctx.client.clone()), controller::team::reconcile).await?
+                }
+                "Source" => {
+                    reconcile_all::<Source, _, _>(ctx, Api::all(ctx.client.clone()), controller::source::reconcile)
+                        .await?
+                }
+                "APIKey" => {
+                    reconcile_all::<ApiKey, _, _>(ctx, Api::all(ctx.client.clone()), controller::api_key::reconcile)
+                        .await?
+                }
+                _ => {
+                    reconcile_all::<AccessPolicy, _, _>(
+                        ctx,
+                        Api::all(ctx.client.clone()),
+                        controller::access_policy::reconcile,
+                    )
+                    .await?
+                }
+            }
+        }
+        let now = statuses(&ctx.client).await?;
+        let settled = now == last;
+        last = now;
+        if settled {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+async fn reconcile_all<K, F, Fut>(ctx: &Arc<Context>, api: Api<K>, reconcile: F) -> Result<(), String>
+where
+    K: Reconciled,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = controller::Result<kube::runtime::controller::Action>>,
+{
+    let list = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+    for obj in list.items {
+        // Errors are already in the object's status (and logged); the report shows them.
+        let _ = reconcile(Arc::new(obj), ctx.clone()).await;
+    }
+    Ok(())
+}
+
+/// The Ready condition of every object, in report order.
+pub async fn statuses(client: &Client) -> Result<Vec<ObjectStatus>, String> {
+    let mut out = Vec::new();
+    collect::<Role>(client, "Role", &mut out).await?;
+    collect::<User>(client, "User", &mut out).await?;
+    collect::<Team>(client, "Team", &mut out).await?;
+    collect::<Source>(client, "Source", &mut out).await?;
+    collect::<ApiKey>(client, "APIKey", &mut out).await?;
+    collect::<AccessPolicy>(client, "AccessPolicy", &mut out).await?;
+    Ok(out)
+}
+
+async fn collect<K: Reconciled>(client: &Client, kind: &str, out: &mut Vec<ObjectStatus>) -> Result<(), String> {
+    let api: Api<K> = Api::all(client.clone());
+    let mut items = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
+    items.sort_by_key(|o| (o.namespace(), o.name_any()));
+    for obj in items {
+        let conditions = obj.conditions();
+        let paused = conditions.iter().find(|c| c.type_ == "Paused");
+        let ready = conditions.iter().find(|c| c.type_ == "Ready");
+        let shown = paused.or(ready);
+        out.push(ObjectStatus {
+            kind: kind.to_string(),
+            namespace: obj.namespace(),
+            name: obj.name_any(),
+            ready: ready.map_or("-".into(), |c| c.status.clone()),
+            reason: shown.map_or("Pending".into(), |c| c.reason.clone()),
+            message: shown.map_or(String::new(), |c| c.message.clone()),
+        });
+    }
+    Ok(())
+}
+
+/// Secrets the operator wrote (managed-by label), as (namespace, name) → manifest.
+pub async fn operator_secrets(client: &Client) -> Result<BTreeMap<(String, String), Secret>, String> {
+    let api: Api<Secret> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/managed-by={}", controller::MANAGER)))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s))
+        .collect())
+}
+
+/// Saves operator-made Secrets under `state/secrets/<namespace>/<name>.yaml` (mode 0600).
+pub fn save_secrets(state: &Path, secrets: &BTreeMap<(String, String), Secret>) -> std::io::Result<()> {
+    for ((namespace, name), secret) in secrets {
+        let dir = state.join("secrets").join(namespace);
+        std::fs::create_dir_all(&dir)?;
+        let mut clean = secret.clone();
+        clean.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: secret.metadata.labels.clone(),
+            ..Default::default()
+        };
+        let yaml = serde_yaml::to_string(&clean).map_err(std::io::Error::other)?;
+        let path = dir.join(format!("{name}.yaml"));
+        write_private(&path, yaml.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// Loads Secrets saved by [`save_secrets`] into the in-memory API.
+pub async fn restore_secrets(client: &Client, state: &Path) -> Result<usize, String> {
+    let root = state.join("secrets");
+    let Ok(namespaces) = std::fs::read_dir(&root) else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    for ns_dir in namespaces.filter_map(Result::ok) {
+        let namespace = ns_dir.file_name().to_string_lossy().into_owned();
+        ensure_namespace(client, &namespace).await?;
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+        for file in std::fs::read_dir(ns_dir.path())
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+        {
+            let text = std::fs::read_to_string(file.path()).map_err(|e| e.to_string())?;
+            let secret: Secret = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.path().display()))?;
+            if api
+                .get_opt(&secret.name_any())
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// A fingerprint of the directory's YAML files, to notice edits.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .map(|p| {
+                    let meta = std::fs::metadata(&p).ok();
+                    let modified = meta.as_ref().and_then(|m| m.modified().ok());
+                    let len = meta.map_or(0, |m| m.len());
+                    (p, modified, len)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// How often watch mode looks at the directory.
+pub const POLL: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_file_is_refused_whole_and_a_bad_object_alone() {
+        let err = parse_file("broken.yaml", "kind: User\nmetadata: [unclosed").unwrap_err();
+        assert!(err.to_string().starts_with("broken.yaml: invalid YAML"), "{err}");
+        let text = "apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: ok}\nspec: {email: ok@example.com}\n---\n\
+                    apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: bad}\nspec: {email: nope}\n---\n\
+                    apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n";
+        let (ok, problems) = parse_file("users.yaml", text).unwrap();
+        assert_eq!(ok.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["ok"]);
+        assert_eq!(problems.len(), 2);
+        assert!(
+            problems[0].to_string().starts_with("users.yaml: User bad: spec.email"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].to_string().contains("not applied in local mode"),
+            "{}",
+            problems[1]
+        );
+    }
+}

@@ -1,0 +1,564 @@
+//! The reconcilers against an in-memory Kubernetes API and a real database.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use portcullis_operator::bootstrap;
+use portcullis_operator::controller::{self, Config, Context, Reconciled};
+use portcullis_operator::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use portcullis_operator::credentials;
+use portcullis_operator::local;
+use portcullis_operator::metrics::Metrics;
+use portcullis_operator::store::{Store, unix_now};
+use portcullis_wire::{OwnerKind, TeamRole};
+use serde_json::json;
+use support::{Kind, TestDb};
+
+struct World {
+    ctx: Arc<Context>,
+    client: Client,
+    store: Store,
+    _db: TestDb,
+}
+
+async fn world(test: &str) -> World {
+    let db = TestDb::new(Kind::Sqlite, test).await;
+    let client = local::memory_api();
+    let config = Config {
+        namespace: "portcullis-system".into(),
+        ..Config::default()
+    };
+    let ctx = Context::new(client.clone(), db.store.clone(), config, Arc::new(Metrics::new()));
+    World {
+        ctx,
+        client,
+        store: db.store.clone(),
+        _db: db,
+    }
+}
+
+fn obj<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
+    serde_json::from_value(value).unwrap()
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &obj::<K>(value)).await.unwrap()
+}
+
+/// Reconciles the object as the controller would until its status settles (the first
+/// pass only adds the finalizer), returning the fresh object.
+async fn settle<K, F, Fut>(api: &Api<K>, name: &str, ctx: &Arc<Context>, reconcile: F) -> K
+where
+    K: Reconciled,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = controller::Result<kube::runtime::controller::Action>>,
+{
+    for _ in 0..3 {
+        let current = api.get(name).await.unwrap();
+        if let Err(e) = reconcile(Arc::new(current), ctx.clone()).await {
+            eprintln!("reconcile {name}: {e}");
+        }
+    }
+    api.get(name).await.unwrap()
+}
+
+fn ready<K: Reconciled>(obj: &K) -> (String, String) {
+    let c = obj
+        .conditions()
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+async fn role(w: &World, name: &str, scopes: &[&str]) -> Role {
+    let api: Api<Role> = Api::all(w.client.clone());
+    create(&api, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Role", "metadata": {"name": name}, "spec": {"scopes": scopes}})).await;
+    settle(&api, name, &w.ctx, controller::role::reconcile).await
+}
+
+fn user_json(name: &str, roles: &[&str]) -> serde_json::Value {
+    json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "User", "metadata": {"name": name},
+           "spec": {"email": format!("{name}@example.com"), "roles": roles}})
+}
+
+#[tokio::test]
+async fn role_create_update_delete() {
+    let w = world("role_cud").await;
+    let r = role(&w, "auditor", &["read", "audit:read"]).await;
+    assert_eq!(ready(&r), ("True".into(), "Reconciled".into()));
+    assert!(r.finalizers().contains(&controller::FINALIZER.to_string()));
+    assert_eq!(r.status.as_ref().unwrap().observed_generation, r.metadata.generation);
+    assert_eq!(
+        w.store.get_role("auditor").await.unwrap().unwrap().scopes,
+        ["audit:read", "read"]
+    );
+
+    let api: Api<Role> = Api::all(w.client.clone());
+    let mut changed = r.clone();
+    changed.spec.scopes = vec!["read".into()];
+    api.replace("auditor", &PostParams::default(), &changed).await.unwrap();
+    settle(&api, "auditor", &w.ctx, controller::role::reconcile).await;
+    assert_eq!(w.store.get_role("auditor").await.unwrap().unwrap().scopes, ["read"]);
+
+    api.delete("auditor", &DeleteParams::default()).await.unwrap();
+    let deleting = api.get("auditor").await.unwrap();
+    assert!(
+        deleting.metadata.deletion_timestamp.is_some(),
+        "the finalizer holds the object"
+    );
+    let _ = controller::role::reconcile(Arc::new(deleting), w.ctx.clone()).await;
+    assert!(w.store.get_role("auditor").await.unwrap().is_none(), "rows removed");
+    assert!(
+        api.get_opt("auditor").await.unwrap().is_none(),
+        "finalizer released, object gone"
+    );
+}
+
+#[tokio::test]
+async fn user_waits_for_its_role_then_becomes_ready() {
+    let w = world("user_missing_role").await;
+    let users: Api<User> = Api::all(w.client.clone());
+    create(&users, user_json("alice", &["auditor"])).await;
+    let alice = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    assert_eq!(ready(&alice), ("False".into(), "RoleNotFound".into()));
+    assert!(w.store.get_user("alice").await.unwrap().is_none());
+
+    role(&w, "auditor", &["read"]).await;
+    let alice = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    assert_eq!(ready(&alice), ("True".into(), "Reconciled".into()));
+    assert_eq!(w.store.get_user("alice").await.unwrap().unwrap().roles, ["auditor"]);
+}
+
+#[tokio::test]
+async fn user_password_is_hashed_once_per_secret_content() {
+    let w = world("user_password").await;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "portcullis-system");
+    local::sync_objects(&w.client, &[], &[]).await.unwrap();
+    let users: Api<User> = Api::all(w.client.clone());
+    let mut alice = user_json("alice", &[]);
+    alice["spec"]["passwordSecretRef"] = json!({"name": "alice-password"});
+    create(&users, alice).await;
+    let status = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    assert_eq!(ready(&status).1, "SecretNotFound");
+
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret("portcullis-system", "alice-password", "password", "first-pw"),
+        )
+        .await
+        .unwrap();
+    let status = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    assert_eq!(ready(&status).1, "Reconciled");
+    let first = w.store.password("alice").await.unwrap().unwrap();
+    assert!(credentials::verify_password("first-pw", &first.hash));
+
+    // The user changes the password through the token service; the Secret is unchanged,
+    // so a resync must not put the old one back.
+    let chosen = credentials::hash_password("chosen-by-alice").unwrap();
+    w.store.set_password("alice", &chosen, None).await.unwrap();
+    settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    assert_eq!(w.store.password("alice").await.unwrap().unwrap().hash, chosen);
+
+    // The Secret changes: the administrator's new password wins.
+    secrets
+        .replace(
+            "alice-password",
+            &PostParams::default(),
+            &secret("portcullis-system", "alice-password", "password", "second-pw"),
+        )
+        .await
+        .unwrap();
+    settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    let second = w.store.password("alice").await.unwrap().unwrap();
+    assert!(credentials::verify_password("second-pw", &second.hash));
+    assert_ne!(second.source_digest, first.source_digest);
+}
+
+#[tokio::test]
+async fn disabling_a_user_revokes_sessions_and_deleting_removes_everything() {
+    let w = world("user_disable_delete").await;
+    bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
+    let users: Api<User> = Api::all(w.client.clone());
+    create(&users, user_json("bob", &["viewer"])).await;
+    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    let now = unix_now();
+    let session = portcullis_operator::store::SessionRow {
+        id: "s-bob".into(),
+        user_name: "bob".into(),
+        refresh_hash: "b".repeat(64),
+        device: None,
+        user_agent: None,
+        ip: None,
+        created_at: now,
+        expires_at: now + 3600,
+        last_used_at: now,
+        revoked_at: None,
+        rotated_from: None,
+    };
+    w.store.create_session(&session).await.unwrap();
+    let mut bob = users.get("bob").await.unwrap();
+    bob.spec.disabled = true;
+    users.replace("bob", &PostParams::default(), &bob).await.unwrap();
+    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    assert!(w.store.sessions_of("bob").await.unwrap()[0].revoked_at.is_some());
+
+    users.delete("bob", &DeleteParams::default()).await.unwrap();
+    let _ = controller::user::reconcile(Arc::new(users.get("bob").await.unwrap()), w.ctx.clone()).await;
+    assert!(w.store.get_user("bob").await.unwrap().is_none());
+    assert!(w.store.sessions_of("bob").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn team_members_must_exist() {
+    let w = world("team_members").await;
+    let teams: Api<Team> = Api::all(w.client.clone());
+    create(
+        &teams,
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Team", "metadata": {"name": "platform"},
+                          "spec": {"members": [{"user": "carol", "role": "owner"}]}}),
+    )
+    .await;
+    let team = settle(&teams, "platform", &w.ctx, controller::team::reconcile).await;
+    assert_eq!(ready(&team).1, "UserNotFound");
+    let users: Api<User> = Api::all(w.client.clone());
+    create(&users, user_json("carol", &[])).await;
+    settle(&users, "carol", &w.ctx, controller::user::reconcile).await;
+    let team = settle(&teams, "platform", &w.ctx, controller::team::reconcile).await;
+    assert_eq!(ready(&team).1, "Reconciled");
+    assert_eq!(
+        w.store.get_team("platform").await.unwrap().unwrap().members,
+        vec![("carol".to_string(), TeamRole::Owner)]
+    );
+}
+
+async fn api_key_world(test: &str) -> (World, Api<ApiKey>, Api<Secret>) {
+    let w = world(test).await;
+    bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
+    let users: Api<User> = Api::all(w.client.clone());
+    create(&users, user_json("bob", &["viewer"])).await;
+    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    let keys: Api<ApiKey> = Api::namespaced(w.client.clone(), "shop");
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
+    (w, keys, secrets)
+}
+
+fn key_json(name: &str, scopes: &[&str]) -> serde_json::Value {
+    json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "APIKey", "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"owner": {"user": "bob"}, "scopes": scopes}})
+}
+
+fn key_in(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()["api-key"].0.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn api_key_is_generated_once_hashed_and_owned() {
+    let (w, keys, secrets) = api_key_world("apikey_once").await;
+    create(&keys, key_json("bob-cli", &["read"])).await;
+    let key = settle(&keys, "bob-cli", &w.ctx, controller::api_key::reconcile).await;
+    assert_eq!(ready(&key).1, "Reconciled");
+    let secret = secrets.get("bob-cli-apikey").await.unwrap();
+    let plain = key_in(&secret);
+    assert!(plain.starts_with("pck_") && plain.len() > 40);
+    assert_eq!(secret.owner_references()[0].uid, key.metadata.uid.clone().unwrap());
+    let row = w
+        .store
+        .find_api_key(&credentials::hash_api_key(&plain))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.owner_kind, row.owner_name.as_str(), row.scopes.clone()),
+        (OwnerKind::User, "bob", vec!["read".to_string()])
+    );
+    assert_eq!(key.status.as_ref().unwrap().prefix.as_deref(), Some(&plain[..12]));
+
+    // Resync: same key, nothing regenerated; a row deleted behind our back comes back.
+    w.store.delete_api_keys("shop", "bob-cli").await.unwrap();
+    settle(&keys, "bob-cli", &w.ctx, controller::api_key::reconcile).await;
+    assert_eq!(key_in(&secrets.get("bob-cli-apikey").await.unwrap()), plain);
+    assert!(
+        w.store
+            .find_api_key(&credentials::hash_api_key(&plain))
+            .await
+            .unwrap()
+            .is_some(),
+        "drift repaired"
+    );
+
+    // Deleting the APIKey revokes it at once.
+    keys.delete("bob-cli", &DeleteParams::default()).await.unwrap();
+    let _ = controller::api_key::reconcile(Arc::new(keys.get("bob-cli").await.unwrap()), w.ctx.clone()).await;
+    assert!(
+        w.store
+            .find_api_key(&credentials::hash_api_key(&plain))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn api_key_scopes_are_capped_at_the_owners() {
+    let (w, keys, _) = api_key_world("apikey_scopes").await;
+    create(&keys, key_json("too-wide", &["read", "write"])).await;
+    let key = settle(&keys, "too-wide", &w.ctx, controller::api_key::reconcile).await;
+    let (status, reason) = ready(&key);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ScopesExceedOwner"));
+    let rows = w.store.api_keys_of("shop", "too-wide").await.unwrap();
+    assert_eq!(rows[0].scopes, vec!["read".to_string()], "write is not granted");
+}
+
+#[tokio::test]
+async fn api_key_rotation_keeps_the_old_key_for_the_grace_period() {
+    let (w, keys, secrets) = api_key_world("apikey_rotation").await;
+    create(&keys, key_json("ci", &["read"])).await;
+    settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    let old = key_in(&secrets.get("ci-apikey").await.unwrap());
+    let mut key = keys.get("ci").await.unwrap();
+    key.metadata.annotations = Some(BTreeMap::from([(
+        "portcullis.io/rotate".to_string(),
+        "2026-11-24".to_string(),
+    )]));
+    keys.replace("ci", &PostParams::default(), &key).await.unwrap();
+    let before = unix_now();
+    let rotated = settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    let new = key_in(&secrets.get("ci-apikey").await.unwrap());
+    assert_ne!(new, old);
+    assert_eq!(rotated.status.as_ref().unwrap().rotation.as_deref(), Some("2026-11-24"));
+    let old_row = w
+        .store
+        .find_api_key(&credentials::hash_api_key(&old))
+        .await
+        .unwrap()
+        .unwrap();
+    let grace = w.ctx.config.rotation_grace.as_secs() as i64;
+    let retire = old_row.revoked_at.expect("old key retires");
+    assert!(
+        retire >= before + grace && retire <= unix_now() + grace,
+        "old key works for the grace period"
+    );
+    assert_eq!(
+        w.store
+            .find_api_key(&credentials::hash_api_key(&new))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        None
+    );
+    // The same annotation value does not rotate again.
+    settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    assert_eq!(key_in(&secrets.get("ci-apikey").await.unwrap()), new);
+}
+
+#[tokio::test]
+async fn source_gets_its_own_write_key() {
+    let w = world("source_key").await;
+    let sources: Api<Source> = Api::namespaced(w.client.clone(), "shop");
+    create(&sources, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Source", "metadata": {"name": "edge-syslog", "namespace": "shop"},
+                            "spec": {"type": "syslog"}})).await;
+    let source = settle(&sources, "edge-syslog", &w.ctx, controller::source::reconcile).await;
+    assert_eq!(ready(&source).1, "Reconciled");
+    let secret: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
+    let plain = key_in(&secret.get("edge-syslog-source-key").await.unwrap());
+    let row = w
+        .store
+        .find_api_key(&credentials::hash_api_key(&plain))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.owner_kind, row.scopes.clone()),
+        (OwnerKind::Source, vec!["write".to_string()])
+    );
+    sources.delete("edge-syslog", &DeleteParams::default()).await.unwrap();
+    let _ = controller::source::reconcile(Arc::new(sources.get("edge-syslog").await.unwrap()), w.ctx.clone()).await;
+    assert!(w.store.find_api_key(&row.key_hash).await.unwrap().is_none());
+    assert!(w.store.get_source("shop", "edge-syslog").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn access_policy_with_a_bad_glob_is_not_ready() {
+    let w = world("policy_glob").await;
+    let policies: Api<AccessPolicy> = Api::namespaced(w.client.clone(), "shop");
+    create(&policies, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "api", "namespace": "shop"},
+                             "spec": {"rules": [{"name": "r", "paths": ["/a/**/b"]}]}})).await;
+    let policy = settle(&policies, "api", &w.ctx, controller::access_policy::reconcile).await;
+    assert_eq!(ready(&policy).1, "InvalidPolicy");
+    assert!(w.store.get_policy("shop", "api").await.unwrap().is_none());
+    let mut fixed = policy.clone();
+    fixed.spec.rules[0].paths = vec!["/a/**".into()];
+    policies.replace("api", &PostParams::default(), &fixed).await.unwrap();
+    let policy = settle(&policies, "api", &w.ctx, controller::access_policy::reconcile).await;
+    assert_eq!(ready(&policy).1, "Reconciled");
+    assert_eq!(
+        w.store.get_policy("shop", "api").await.unwrap().unwrap().rules[0].paths,
+        ["/a/**"]
+    );
+}
+
+#[tokio::test]
+async fn paused_objects_are_left_alone() {
+    let w = world("paused").await;
+    let api: Api<Role> = Api::all(w.client.clone());
+    create(&api, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Role",
+                        "metadata": {"name": "frozen", "annotations": {"portcullis.io/paused": "true"}}, "spec": {"scopes": ["read"]}})).await;
+    let role = settle(&api, "frozen", &w.ctx, controller::role::reconcile).await;
+    assert!(w.store.get_role("frozen").await.unwrap().is_none());
+    assert!(
+        role.conditions()
+            .iter()
+            .any(|c| c.type_ == "Paused" && c.status == "True")
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_is_idempotent_and_never_logs_a_known_password() {
+    let w = world("bootstrap").await;
+    let first = bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
+    assert_eq!(first.roles_created, ["admin", "maintainer", "viewer"]);
+    assert!(first.admin_created && first.secret_created);
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "portcullis-system");
+    let secret = secrets.get(bootstrap::ADMIN_SECRET).await.unwrap();
+    let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+    assert_eq!(password.len(), 24);
+    let hash = w.store.password("admin").await.unwrap().unwrap().hash;
+    assert!(credentials::verify_password(&password, &hash));
+    assert_eq!(
+        w.store.get_user("admin").await.unwrap().unwrap().email,
+        bootstrap::ADMIN_EMAIL
+    );
+
+    let rev = w.store.revision().await.unwrap();
+    let second = bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
+    assert_eq!(second, bootstrap::Report::default());
+    assert_eq!(w.store.revision().await.unwrap(), rev, "a second run writes nothing");
+    assert_eq!(w.store.password("admin").await.unwrap().unwrap().hash, hash);
+}
+
+#[tokio::test]
+async fn local_mode_applies_the_examples() {
+    let w = world("local_examples").await;
+    bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let (manifests, problems) = local::load_dir(&dir).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    local::sync_objects(&w.client, &manifests, &[]).await.unwrap();
+    let statuses = local::converge(&w.ctx).await.unwrap();
+    assert_eq!(statuses.len(), 7, "{statuses:#?}");
+    for s in &statuses {
+        assert_eq!((s.ready.as_str(), s.reason.as_str()), ("True", "Reconciled"), "{s}");
+    }
+    let snapshot = w.store.read_snapshot(unix_now()).await.unwrap();
+    let bob = snapshot.users.iter().find(|u| u.name == "bob").unwrap();
+    assert_eq!(bob.teams[0].team, "platform");
+    assert_eq!(snapshot.policies[0].rules.len(), 6);
+    assert_eq!(snapshot.api_keys.len(), 2, "bob-cli and the edge-syslog source key");
+
+    // Removing a manifest deletes the object and, through the finalizer, its rows.
+    let without_key: Vec<_> = manifests.iter().filter(|m| m.kind != "APIKey").cloned().collect();
+    local::sync_objects(&w.client, &without_key, &manifests).await.unwrap();
+    local::converge(&w.ctx).await.unwrap();
+    assert!(w.store.api_keys_of("shop", "bob-cli").await.unwrap().is_empty());
+}
+
+/// The database goes away in the middle of the work: status says so, nothing is lost
+/// or duplicated, the finalizer holds a deleted object until its rows are gone, and
+/// everything recovers when the database is back.
+#[cfg_attr(not(portcullis_test_postgres), ignore = "set TEST_POSTGRES_URL to run on PostgreSQL")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_mid_reconcile_recovers_without_loss() {
+    let db = TestDb::new(Kind::Postgres, "controller_outage").await;
+    let target = {
+        let u = url::Url::parse(&db.url).unwrap();
+        let host = u.host_str().unwrap().to_string();
+        tokio::net::lookup_host((host.as_str(), u.port().unwrap_or(5432)))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let outage = support::Outage::start(target).await;
+    let mut config = portcullis_operator::store::DbConfig::from_url(&outage.url_for(&db.url)).unwrap();
+    config.acquire_timeout = std::time::Duration::from_millis(500);
+    config.pool_size = 2;
+    let store = Store::open(&config).await.unwrap();
+    let client = local::memory_api();
+    let ctx = Context::new(
+        client.clone(),
+        store.clone(),
+        Config::default(),
+        Arc::new(Metrics::new()),
+    );
+    bootstrap::run(&store, &client, "portcullis-system").await.unwrap();
+
+    let users: Api<User> = Api::all(client.clone());
+    create(&users, user_json("dora", &["viewer"])).await;
+    // First pass adds the finalizer; then the database goes away.
+    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    outage.cut();
+    let err = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "DatabaseUnavailable", "{err}");
+    assert_eq!(
+        controller::error_policy(Arc::new(()), &err, ctx.clone()),
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+    );
+    let dora = users.get("dora").await.unwrap();
+    assert_eq!(ready(&dora), ("False".into(), "DatabaseUnavailable".into()));
+
+    outage.restore();
+    let dora = settle(&users, "dora", &ctx, controller::user::reconcile).await;
+    assert_eq!(ready(&dora), ("True".into(), "Reconciled".into()));
+    let snapshot = db.store.read_snapshot(unix_now()).await.unwrap();
+    assert_eq!(
+        snapshot.users.iter().filter(|u| u.name == "dora").count(),
+        1,
+        "one row, not two"
+    );
+    assert_eq!(db.store.get_user("dora").await.unwrap().unwrap().roles, ["viewer"]);
+
+    // Deleted while the database is down: the finalizer keeps the object.
+    users.delete("dora", &DeleteParams::default()).await.unwrap();
+    outage.cut();
+    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    assert!(
+        users.get_opt("dora").await.unwrap().is_some(),
+        "kept until its rows are gone"
+    );
+    assert!(db.store.get_user("dora").await.unwrap().is_some());
+    outage.restore();
+    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    assert!(users.get_opt("dora").await.unwrap().is_none());
+    assert!(db.store.get_user("dora").await.unwrap().is_none(), "nothing orphaned");
+    store.close().await;
+    db.finish().await;
+}
