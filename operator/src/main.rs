@@ -45,6 +45,7 @@ impl Common {
             namespace: self.namespace.clone(),
             rotation_grace: Duration::from_secs(self.rotation_grace_seconds),
             resync: Duration::from_secs(self.resync_seconds),
+            events: true,
         }
     }
 }
@@ -171,14 +172,11 @@ async fn run(
         .await
         .map_err(|e| Fatal::Other(format!("bind {admin_addr}: {e}")))?;
     let readiness = {
-        let (store, synced, metrics) = (store.clone(), synced.clone(), metrics.clone());
+        let (store, synced) = (store.clone(), synced.clone());
         admin::Readiness::new(move || {
-            let (store, synced, metrics) = (store.clone(), synced.clone(), metrics.clone());
+            let (store, synced) = (store.clone(), synced.clone());
             async move {
-                let revision = store.revision().await.map_err(|e| format!("database: {e}"))?;
-                metrics.set_revision(revision);
-                let (open, idle) = store.pool_stats();
-                metrics.set_pool(open, idle);
+                store.revision().await.map_err(|e| format!("database: {e}"))?;
                 if synced.is_synced() {
                     Ok(())
                 } else {
@@ -187,6 +185,20 @@ async fn run(
             }
         })
     };
+    // Database gauges, refreshed in the background so that a scrape never waits on SQL.
+    {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                let (open, idle) = store.pool_stats();
+                metrics.set_pool(open, idle);
+                if let Ok(revision) = store.revision().await {
+                    metrics.set_revision(revision);
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
     let state = AdminState {
         metrics: metrics.clone(),
         ready: readiness,
@@ -243,7 +255,8 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         .await
         .map_err(Fatal::Other)?;
     let metrics = Arc::new(Metrics::new());
-    let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics);
+    let config = Config { events: false, ..common.config() };
+    let ctx = Context::new(client.clone(), store.clone(), config, metrics);
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
         println!(
@@ -256,7 +269,7 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
     }
     tracing::info!(restored, database = %db.redacted_url(), manifests = %dir.display(), "local mode");
 
-    let mut previous = Vec::new();
+    let mut previous = std::collections::BTreeSet::new();
     let mut fingerprint = Vec::new();
     loop {
         let (manifests, problems) =
@@ -264,9 +277,8 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         for problem in &problems {
             eprintln!("refused: {problem}");
         }
-        local::sync_objects(&client, &manifests, &previous)
-            .await
-            .map_err(Fatal::Other)?;
+        previous = local::sync_objects(&client, &manifests, &previous).await.map_err(Fatal::Other)?;
+        drop(manifests);
         let statuses = local::converge(&ctx).await.map_err(Fatal::Other)?;
         let secrets = local::operator_secrets(&client).await.map_err(Fatal::Other)?;
         local::save_secrets(&state_dir, &secrets).map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
@@ -282,7 +294,6 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
                 Err(Fatal::Refused)
             };
         }
-        previous = manifests;
         if fingerprint.is_empty() {
             fingerprint = local::fingerprint(&dir);
         }

@@ -158,7 +158,6 @@ async fn user_waits_for_its_role_then_becomes_ready() {
 async fn user_password_is_hashed_once_per_secret_content() {
     let w = world("user_password").await;
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "portcullis-system");
-    local::sync_objects(&w.client, &[], &[]).await.unwrap();
     let users: Api<User> = Api::all(w.client.clone());
     let mut alice = user_json("alice", &[]);
     alice["spec"]["passwordSecretRef"] = json!({"name": "alice-password"});
@@ -470,7 +469,7 @@ async fn local_mode_applies_the_examples() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let (manifests, problems) = local::load_dir(&dir).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    local::sync_objects(&w.client, &manifests, &[]).await.unwrap();
+    let applied = local::sync_objects(&w.client, &manifests, &Default::default()).await.unwrap();
     let statuses = local::converge(&w.ctx).await.unwrap();
     assert_eq!(statuses.len(), 7, "{statuses:#?}");
     for s in &statuses {
@@ -484,7 +483,7 @@ async fn local_mode_applies_the_examples() {
 
     // Removing a manifest deletes the object and, through the finalizer, its rows.
     let without_key: Vec<_> = manifests.iter().filter(|m| m.kind != "APIKey").cloned().collect();
-    local::sync_objects(&w.client, &without_key, &manifests).await.unwrap();
+    local::sync_objects(&w.client, &without_key, &applied).await.unwrap();
     local::converge(&w.ctx).await.unwrap();
     assert!(w.store.api_keys_of("shop", "bob-cli").await.unwrap().is_empty());
 }

@@ -43,18 +43,7 @@ pub fn secret_name(key: &ApiKey) -> String {
 /// The scopes an owner holds, or `None` when the owner does not exist.
 async fn owner_scopes(store: &Store, kind: OwnerKind, namespace: &str, name: &str) -> Result<Option<BTreeSet<String>>> {
     match kind {
-        OwnerKind::User => {
-            let Some(user) = store.get_user(name).await? else {
-                return Ok(None);
-            };
-            let mut scopes = BTreeSet::new();
-            for role in &user.roles {
-                if let Some(role) = store.get_role(role).await? {
-                    scopes.extend(role.scopes);
-                }
-            }
-            Ok(Some(scopes))
-        }
+        OwnerKind::User => Ok(store.user_scopes(name).await?),
         OwnerKind::Source => Ok(store
             .get_source(namespace, name)
             .await?

@@ -47,54 +47,59 @@ pub async fn ensure(
 ) -> Result<KeyState> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), grant.namespace);
     let existing = secrets.get_opt(secret_name).await?.and_then(|s| key_of(&s));
+    let stored = ctx.store.api_keys_of(grant.namespace, grant.object).await?;
     let now = unix_now();
     let state = match existing {
         Some(key) if !rotate => {
             let hash = credentials::hash_api_key(&key);
-            if ctx.store.find_api_key(&hash).await?.is_none() {
+            if !stored.iter().any(|k| k.key_hash == hash) {
                 // Drift: the row went missing; the Secret still holds the key.
-                ctx.store
-                    .insert_api_key(&row(grant, &hash, &credentials::display_prefix(&key), now))
-                    .await?;
+                ctx.store.insert_api_key(&row(grant, &hash, &credentials::display_prefix(&key), now)).await?;
             }
-            KeyState {
-                prefix: credentials::display_prefix(&key),
-                issued: false,
-            }
+            KeyState { prefix: credentials::display_prefix(&key), issued: false }
         }
         previous => {
             // No Secret (first reconcile, or deleted behind our back) or a rotation.
             let retire_at = if rotate && previous.is_some() {
-                now + ctx.config.rotation_grace.as_secs() as i64
+                now + i64::try_from(ctx.config.rotation_grace.as_secs()).unwrap_or(i64::MAX)
             } else {
                 now
             };
-            ctx.store
-                .revoke_api_keys(grant.namespace, grant.object, retire_at)
-                .await?;
             let fresh = generate_api_key();
-            ctx.store
-                .insert_api_key(&row(grant, &fresh.hash, &fresh.prefix, now))
-                .await?;
+            ctx.store.issue_api_key(&row(grant, &fresh.hash, &fresh.prefix, now), retire_at).await?;
             write_secret(&secrets, secret_name, owner, &fresh.key).await?;
             tracing::info!(namespace = grant.namespace, object = grant.object, prefix = %fresh.prefix, rotated = rotate, "issued API key");
-            KeyState {
-                prefix: fresh.prefix,
-                issued: true,
-            }
+            return Ok(KeyState { prefix: fresh.prefix, issued: true });
         }
     };
-    ctx.store
-        .update_api_key_grants(
-            grant.namespace,
-            grant.object,
-            grant.owner_kind,
-            grant.owner_name,
-            grant.scopes,
-            grant.expires_at,
-        )
-        .await?;
+    let scopes = sorted(grant.scopes);
+    let stale = stored.iter().any(|k| {
+        k.revoked_at.is_none()
+            && (k.owner_kind != grant.owner_kind
+                || k.owner_name != grant.owner_name
+                || k.scopes != scopes
+                || k.expires_at != grant.expires_at)
+    });
+    if stale {
+        ctx.store
+            .update_api_key_grants(
+                grant.namespace,
+                grant.object,
+                grant.owner_kind,
+                grant.owner_name,
+                grant.scopes,
+                grant.expires_at,
+            )
+            .await?;
+    }
     Ok(state)
+}
+
+fn sorted(scopes: &[String]) -> Vec<String> {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    scopes
 }
 
 fn row(grant: &Grant<'_>, hash: &str, prefix: &str, now: i64) -> ApiKeyRow {

@@ -51,6 +51,8 @@ pub struct Config {
     pub rotation_grace: Duration,
     /// Periodic re-reconcile that repairs rows changed behind the operator's back.
     pub resync: Duration,
+    /// Publish Kubernetes Events on `Ready` changes (off in local mode: nobody reads them).
+    pub events: bool,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             namespace: "portcullis-system".into(),
             rotation_grace: Duration::from_secs(24 * 3600),
             resync: Duration::from_secs(300),
+            events: true,
         }
     }
 }
@@ -69,7 +72,8 @@ pub struct Context {
     pub store: Store,
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Publishes Events; `None` when [`Config::events`] is off.
+    pub recorder: Option<Recorder>,
 }
 
 impl Context {
@@ -78,7 +82,7 @@ impl Context {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = config.events.then(|| Recorder::new(client.clone(), reporter));
         Arc::new(Context {
             client,
             store,

@@ -115,7 +115,7 @@ pub async fn write<K: Reconciled>(
 
     let before = previous.iter().find(|c| c.type_ == "Ready");
     let changed = before.is_none_or(|c| (c.status == "True") != verdict.ready || c.reason != verdict.reason);
-    if changed && !verdict.paused {
+    if let Some(recorder) = ctx.recorder.as_ref().filter(|_| changed && !verdict.paused) {
         let event = Event {
             type_: if verdict.ready {
                 EventType::Normal
@@ -128,7 +128,7 @@ pub async fn write<K: Reconciled>(
             secondary: None,
         };
         // Events are for people reading `kubectl describe`; losing one is not a failure.
-        if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::debug!(error = %err, manager = MANAGER, "could not publish event");
         }
     }

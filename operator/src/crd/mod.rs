@@ -77,11 +77,6 @@ fn default_password_key() -> String {
     "password".to_string()
 }
 
-/// The CRD of a kind (`User`, `APIKey`, …), if it is one of ours.
-pub fn by_kind(kind: &str) -> Option<CustomResourceDefinition> {
-    all().into_iter().find(|crd| crd.spec.names.kind == kind)
-}
-
 /// The six CustomResourceDefinitions, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![

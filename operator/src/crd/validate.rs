@@ -7,65 +7,83 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::cel::{CompiledSchema, compile_schema};
 use serde_json::Value;
 
-/// Validates `object` (a whole manifest) against `crd`. Returns every problem found,
-/// each as `path: message`.
-pub fn validate(crd: &CustomResourceDefinition, object: &Value) -> Result<(), Vec<String>> {
-    let Some(schema) = crd
-        .spec
-        .versions
-        .iter()
-        .find(|v| v.storage)
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-    else {
-        return Err(vec![format!("{}: CRD has no schema", crd.spec.names.kind)]);
-    };
-    let schema = match serde_json::to_value(schema) {
-        Ok(s) => s,
-        Err(e) => return Err(vec![format!("schema: {e}")]),
-    };
-    let mut errors = Vec::new();
-    // apiVersion, kind and metadata are the API machinery's; check the rest.
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        let fields = object.as_object();
-        for (name, sub) in props
+/// Validates manifests of our kinds. Building one compiles every CRD's schema and CEL
+/// rules once; validating is then cheap (local mode checks thousands of objects).
+pub struct Validator {
+    kinds: Vec<(String, Value, CompiledSchema)>,
+    cel: kube::core::cel::Validator,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Validator {
+    pub fn new() -> Self {
+        let kinds = super::all()
             .iter()
-            .filter(|(n, _)| !matches!(n.as_str(), "apiVersion" | "kind" | "metadata"))
-        {
-            if let Some(value) = fields.and_then(|f| f.get(name)) {
-                check(sub, value, name, &mut errors);
+            .filter_map(|crd| {
+                let schema = crd
+                    .spec
+                    .versions
+                    .iter()
+                    .find(|v| v.storage)?
+                    .schema
+                    .as_ref()?
+                    .open_api_v3_schema
+                    .as_ref()?;
+                let schema = serde_json::to_value(schema).ok()?;
+                let compiled = compile_schema(&schema);
+                Some((crd.spec.names.kind.clone(), schema, compiled))
+            })
+            .collect();
+        Validator { kinds, cel: kube::core::cel::Validator::new() }
+    }
+
+    /// Validates `object` (a whole manifest of one of our kinds). Returns every problem
+    /// found, each as `path: message`.
+    pub fn validate(&self, object: &Value) -> Result<(), Vec<String>> {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let Some((_, schema, compiled)) = self.kinds.iter().find(|(k, _, _)| k == kind) else {
+            return Err(vec![format!("kind: {kind:?} is not a Portcullis kind")]);
+        };
+        let mut errors = Vec::new();
+        // apiVersion, kind and metadata are the API machinery's; check the rest.
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            let fields = object.as_object();
+            for (name, sub) in props.iter().filter(|(n, _)| !is_machinery(n)) {
+                if let Some(value) = fields.and_then(|f| f.get(name)) {
+                    check(sub, value, name, &mut errors);
+                }
             }
-        }
-        for field in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            if fields.is_none_or(|f| !f.contains_key(field)) {
-                errors.push(format!("{field}: required"));
+            for field in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                if fields.is_none_or(|f| !f.contains_key(field)) {
+                    errors.push(format!("{field}: required"));
+                }
             }
-        }
-        if let Some(fields) = fields {
-            for name in fields.keys() {
-                let machinery = matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
-                if !machinery && !props.contains_key(name) {
+            for name in fields.into_iter().flat_map(|f| f.keys()) {
+                if !is_machinery(name) && !props.contains_key(name) {
                     errors.push(format!("{name}: unknown field"));
                 }
             }
         }
-    }
-    if errors.is_empty() {
-        // CEL rules assume a structurally valid object; run them only then.
-        if let Err(cel) = kube::core::cel::Validator::new().validate(&schema, object, None) {
-            errors.extend(cel.into_vec().into_iter().map(|e| e.to_string()));
+        if errors.is_empty() {
+            // CEL rules assume a structurally valid object; run them only then.
+            if let Err(cel) = self.cel.validate_compiled(compiled, object, None) {
+                errors.extend(cel.into_vec().into_iter().map(|e| e.to_string()));
+            }
         }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn is_machinery(field: &str) -> bool {
+    matches!(field, "apiVersion" | "kind" | "metadata")
 }
 
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {

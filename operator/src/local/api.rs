@@ -9,7 +9,7 @@
 //! garbage collection, `stringData` folded into `data`, and label selectors on lists.
 //! Watches are not served: local mode drives the reconcilers itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -110,7 +110,10 @@ type Key = (String, String, String);
 
 #[derive(Default)]
 struct State {
-    objects: BTreeMap<Key, Value>,
+    /// Every object, as JSON bytes.
+    objects: BTreeMap<Key, Bytes>,
+    /// Owner uid → the objects naming it in `ownerReferences` (for garbage collection).
+    owned: BTreeMap<String, BTreeSet<Key>>,
     version: u64,
 }
 
@@ -176,8 +179,11 @@ impl MemoryApi {
             Err(poisoned) => poisoned.into_inner(),
         };
         let result = match (&parts.method, &route.name) {
-            (&Method::GET, None) => Ok(state.list(&route, query.get("labelSelector").map(String::as_str))),
-            (&Method::GET, Some(_)) => state.get(&route).cloned().map(|v| (StatusCode::OK, v)),
+            (&Method::GET, None) => return state.list(&route, &query),
+            (&Method::GET, Some(name)) => match state.objects.get(&route.key(name)) {
+                Some(bytes) => return bytes_response(StatusCode::OK, bytes.clone()),
+                None => Err(Failure::not_found(&route, name)),
+            },
             (&Method::POST, None) => state.create(&route, body),
             (&Method::PUT, Some(_)) => state.replace(&route, body),
             (&Method::PATCH, Some(_)) => state.patch(&route, body, content_type),
@@ -292,39 +298,71 @@ impl State {
         self.version.to_string()
     }
 
-    fn get(&self, route: &Route) -> Result<&Value, Failure> {
+    fn get(&self, route: &Route) -> Result<Value, Failure> {
         let name = route.name.as_deref().unwrap_or_default();
-        self.objects
-            .get(&route.key(name))
-            .ok_or_else(|| Failure::not_found(route, name))
+        let bytes = self.objects.get(&route.key(name)).ok_or_else(|| Failure::not_found(route, name))?;
+        serde_json::from_slice(bytes)
+            .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
     }
 
-    fn list(&self, route: &Route, selector: Option<&str>) -> (StatusCode, Value) {
-        let wanted = parse_selector(selector.unwrap_or(""));
-        let items: Vec<Value> = self
-            .objects
-            .iter()
-            .filter(|((plural, ns, _), _)| {
-                plural == route.kind.plural && route.namespace.as_ref().is_none_or(|want| want == ns)
-            })
-            .filter(|(_, obj)| {
-                wanted.iter().all(|(k, v)| {
+    fn insert(&mut self, key: Key, obj: &Value) {
+        for owner in obj["metadata"]["ownerReferences"].as_array().into_iter().flatten() {
+            if let Some(uid) = owner["uid"].as_str() {
+                self.owned.entry(uid.to_string()).or_default().insert(key.clone());
+            }
+        }
+        self.objects.insert(key, Bytes::from(serde_json::to_vec(obj).unwrap_or_default()));
+    }
+
+    /// A list, built from the stored bytes; `limit` and `continue` page through it in
+    /// key order (the continue token is the last key returned).
+    fn list(&self, route: &Route, query: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+        let wanted = parse_selector(query.get("labelSelector").map_or("", String::as_str));
+        let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let after: Option<Key> = query.get("continue").and_then(|c| serde_json::from_str(c).ok());
+        let mut items: Vec<&Bytes> = Vec::new();
+        let mut last: Option<&Key> = None;
+        let mut more = false;
+        let matching = self.objects.iter().filter(|((plural, ns, _), _)| {
+            plural == route.kind.plural && route.namespace.as_ref().is_none_or(|want| want == ns)
+        });
+        for (key, bytes) in matching.filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a)) {
+            if !wanted.is_empty() {
+                let obj: Value = serde_json::from_slice(bytes).unwrap_or_default();
+                let selected = wanted.iter().all(|(k, v)| {
                     let label = obj["metadata"]["labels"].get(k).and_then(Value::as_str);
                     match v {
                         Some(v) => label == Some(v.as_str()),
                         None => label.is_some(),
                     }
-                })
-            })
-            .map(|(_, obj)| obj.clone())
-            .collect();
-        let list = json!({
-            "apiVersion": route.api_version(),
-            "kind": format!("{}List", route.kind.kind),
-            "metadata": {"resourceVersion": self.version.to_string()},
-            "items": items,
-        });
-        (StatusCode::OK, list)
+                });
+                if !selected {
+                    continue;
+                }
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(bytes);
+            last = Some(key);
+        }
+        let mut metadata = json!({"resourceVersion": self.version.to_string()});
+        if let (true, Some(last)) = (more, last) {
+            metadata["continue"] = json!(serde_json::to_string(last).unwrap_or_default());
+        }
+        let head = json!({"apiVersion": route.api_version(), "kind": format!("{}List", route.kind.kind), "metadata": metadata});
+        let mut body = serde_json::to_vec(&head).unwrap_or_default();
+        body.pop(); // the closing brace: the items follow
+        body.extend_from_slice(b",\"items\":[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        bytes_response(StatusCode::OK, Bytes::from(body))
     }
 
     fn create(&mut self, route: &Route, body: Option<Value>) -> Outcome {
@@ -364,13 +402,13 @@ impl State {
             o.remove("deletionTimestamp");
         }
         fold_string_data(&mut obj);
-        self.objects.insert(key, obj.clone());
+        self.insert(key, &obj);
         Ok((StatusCode::CREATED, obj))
     }
 
     fn replace(&mut self, route: &Route, body: Option<Value>) -> Outcome {
         let new = body.ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "BadRequest", "no body"))?;
-        let current = self.get(route)?.clone();
+        let current = self.get(route)?;
         if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
             && Some(rv) != current["metadata"]["resourceVersion"].as_str()
         {
@@ -386,7 +424,7 @@ impl State {
     fn patch(&mut self, route: &Route, body: Option<Value>, content_type: &str) -> Outcome {
         let patch = body.ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "BadRequest", "no body"))?;
         let current = match self.get(route) {
-            Ok(c) => c.clone(),
+            Ok(c) => c,
             // Server-side apply creates what does not exist.
             Err(_) if content_type.contains("apply-patch") && !route.status => {
                 return self.create(
@@ -480,13 +518,13 @@ impl State {
         if deleting && !finalizers_left {
             self.remove(&key);
         } else {
-            self.objects.insert(key, new.clone());
+            self.insert(key, &new);
         }
         Ok((StatusCode::OK, new))
     }
 
     fn delete(&mut self, route: &Route) -> Outcome {
-        let current = self.get(route)?.clone();
+        let current = self.get(route)?;
         let key = route.key(route.name.as_deref().unwrap_or_default());
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
@@ -498,7 +536,7 @@ impl State {
             let mut marked = current;
             marked["metadata"]["deletionTimestamp"] = json!(now());
             marked["metadata"]["resourceVersion"] = json!(self.next_version());
-            self.objects.insert(key, marked.clone());
+            self.insert(key, &marked);
             return Ok((StatusCode::OK, marked));
         }
         self.remove(&key);
@@ -507,22 +545,11 @@ impl State {
 
     /// Removes an object and, like the garbage collector, what it owns.
     fn remove(&mut self, key: &Key) {
-        let Some(obj) = self.objects.remove(key) else { return };
-        let Some(uid) = obj["metadata"]["uid"].as_str().map(str::to_string) else {
-            return;
-        };
-        let owned: Vec<Key> = self
-            .objects
-            .iter()
-            .filter(|(_, o)| {
-                o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid.as_str())))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in owned {
-            self.remove(&k);
+        let Some(bytes) = self.objects.remove(key) else { return };
+        let obj: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(uid) = obj["metadata"]["uid"].as_str() else { return };
+        for owned in self.owned.remove(uid).unwrap_or_default() {
+            self.remove(&owned);
         }
     }
 }
@@ -575,12 +602,15 @@ fn now() -> String {
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default())));
+    bytes_response(code, Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
+}
+
+fn bytes_response(code: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = code;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -681,6 +711,36 @@ mod tests {
             "gone with its last finalizer"
         );
         assert!(secrets.get_opt("s").await.unwrap().is_none(), "owned Secret collected");
+    }
+
+    #[tokio::test]
+    async fn lists_page_with_limit_and_continue_and_select_labels() {
+        let client = MemoryApi::new().client();
+        let roles: Api<Role> = Api::all(client.clone());
+        for i in 0..5 {
+            roles.create(&PostParams::default(), &role(&format!("r{i}"))).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut params = kube::api::ListParams::default().limit(2);
+        loop {
+            let page = roles.list(&params).await.unwrap();
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|r| r.metadata.name.clone().unwrap()));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, ["r0", "r1", "r2", "r3", "r4"]);
+
+        let secrets: Api<Secret> = Api::namespaced(client, "ns");
+        for (name, label) in [("a", "yes"), ("b", "no")] {
+            let s: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"mine": label}}})).unwrap();
+            secrets.create(&PostParams::default(), &s).await.unwrap();
+        }
+        let mine = secrets.list(&kube::api::ListParams::default().labels("mine=yes")).await.unwrap();
+        assert_eq!(mine.items.len(), 1);
+        assert_eq!(mine.items[0].metadata.name.as_deref(), Some("a"));
     }
 
     #[test]

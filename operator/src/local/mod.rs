@@ -52,9 +52,6 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// The kinds local mode applies, in dependency order.
-const KINDS: &[&str] = &["Role", "User", "Team", "Source", "APIKey", "AccessPolicy"];
-
 /// Reads every `*.yaml` / `*.yml` file of `dir`: valid objects, and problems (a file
 /// that does not parse is skipped whole; an invalid object is skipped alone).
 pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Manifest>, Vec<Problem>)> {
@@ -65,6 +62,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Manifest>, Vec<Problem>)> {
     files.sort();
     let mut manifests = Vec::new();
     let mut problems = Vec::new();
+    let validator = crd::validate::Validator::new();
     for path in files {
         let file = path
             .file_name()
@@ -81,7 +79,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Manifest>, Vec<Problem>)> {
                 continue;
             }
         };
-        match parse_file(&file, &text) {
+        match parse_file(&validator, &file, &text) {
             Ok((mut found, mut bad)) => {
                 manifests.append(&mut found);
                 problems.append(&mut bad);
@@ -93,7 +91,11 @@ pub fn load_dir(dir: &Path) -> std::io::Result<(Vec<Manifest>, Vec<Problem>)> {
 }
 
 /// Parses one file. A YAML error rejects the whole file (as `kubectl apply -f` does).
-pub fn parse_file(file: &str, text: &str) -> Result<(Vec<Manifest>, Vec<Problem>), Problem> {
+pub fn parse_file(
+    validator: &crd::validate::Validator,
+    file: &str,
+    text: &str,
+) -> Result<(Vec<Manifest>, Vec<Problem>), Problem> {
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| Problem {
@@ -126,11 +128,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<(Vec<Manifest>, Vec<Problem>
         }
         let ours = value["apiVersion"] == "portcullis.io/v1alpha1";
         if ours {
-            let Some(definition) = crd::by_kind(&kind) else {
-                problems.push(problem(format!("unknown kind {kind} in portcullis.io/v1alpha1")));
-                continue;
-            };
-            if let Err(errors) = crd::validate::validate(&definition, &value) {
+            if let Err(errors) = validator.validate(&value) {
                 problems.push(problem(errors.join("; ")));
                 continue;
             }
@@ -188,13 +186,26 @@ impl std::fmt::Display for ObjectStatus {
     }
 }
 
+/// Identity of a manifest: (kind, namespace, name).
+pub type ManifestKey = (String, Option<String>, String);
+
+impl Manifest {
+    pub fn key(&self) -> ManifestKey {
+        (self.kind.clone(), self.namespace.clone(), self.name.clone())
+    }
+}
+
 /// Applies `manifests` to the in-memory API: creates what is new, updates what
-/// changed, deletes what is gone (so its rows are cleaned up by the finalizer).
-pub async fn sync_objects(client: &Client, manifests: &[Manifest], previous: &[Manifest]) -> Result<(), String> {
-    let key = |m: &Manifest| (m.kind.clone(), m.namespace.clone(), m.name.clone());
-    let now: BTreeSet<_> = manifests.iter().map(key).collect();
-    for gone in previous.iter().filter(|m| !now.contains(&key(m))) {
-        delete(client, gone).await?;
+/// changed, deletes what was in `previous` and is gone (so its rows are cleaned up by
+/// the finalizer). Returns the keys to pass as `previous` next time.
+pub async fn sync_objects(
+    client: &Client,
+    manifests: &[Manifest],
+    previous: &BTreeSet<ManifestKey>,
+) -> Result<BTreeSet<ManifestKey>, String> {
+    let now: BTreeSet<ManifestKey> = manifests.iter().map(Manifest::key).collect();
+    for (kind, namespace, name) in previous.difference(&now) {
+        delete(client, kind, namespace.as_deref(), name).await?;
     }
     for namespace in manifests
         .iter()
@@ -206,7 +217,7 @@ pub async fn sync_objects(client: &Client, manifests: &[Manifest], previous: &[M
     for m in manifests {
         apply(client, m).await?;
     }
-    Ok(())
+    Ok(now)
 }
 
 async fn ensure_namespace(client: &Client, name: &str) -> Result<(), String> {
@@ -235,25 +246,23 @@ async fn apply(client: &Client, m: &Manifest) -> Result<(), String> {
     }
 }
 
-async fn delete(client: &Client, m: &Manifest) -> Result<(), String> {
+async fn delete(client: &Client, kind: &str, namespace: Option<&str>, name: &str) -> Result<(), String> {
     let dp = DeleteParams::default();
-    let result = match m.kind.as_str() {
-        "Role" => Api::<Role>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
-        "User" => Api::<User>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
-        "Team" => Api::<Team>::all(client.clone()).delete(&m.name, &dp).await.map(drop),
-        "APIKey" => namespaced::<ApiKey>(client, m).delete(&m.name, &dp).await.map(drop),
-        "Source" => namespaced::<Source>(client, m).delete(&m.name, &dp).await.map(drop),
-        "AccessPolicy" => namespaced::<AccessPolicy>(client, m)
-            .delete(&m.name, &dp)
-            .await
-            .map(drop),
-        "Secret" => namespaced::<Secret>(client, m).delete(&m.name, &dp).await.map(drop),
+    let ns = namespace.unwrap_or("default");
+    let result = match kind {
+        "Role" => Api::<Role>::all(client.clone()).delete(name, &dp).await.map(drop),
+        "User" => Api::<User>::all(client.clone()).delete(name, &dp).await.map(drop),
+        "Team" => Api::<Team>::all(client.clone()).delete(name, &dp).await.map(drop),
+        "APIKey" => Api::<ApiKey>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
+        "Source" => Api::<Source>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
+        "AccessPolicy" => Api::<AccessPolicy>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
+        "Secret" => Api::<Secret>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
         _ => Ok(()),
     };
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(format!("delete {} {}: {e}", m.kind, m.name)),
+        Err(e) => Err(format!("delete {kind} {name}: {e}")),
     }
 }
 
@@ -314,62 +323,109 @@ where
     Ok(())
 }
 
-/// Reconciles every object of our kinds, in dependency order, until a pass changes no
-/// status (references resolve across passes, as watches would in a cluster).
+/// Reconciles every object of our kinds, in dependency order, until a pass changes
+/// neither the database nor any status (references resolve across passes, as watches
+/// would make them in a cluster).
 pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
-    let mut last = Vec::new();
-    for _ in 0..6 {
-        for kind in KINDS {
-            match *kind {
-                "Role" => {
-                    reconcile_all::<Role, _, _>(ctx, Api::all(ctx.client.clone()), controller::role::reconcile).await?
-                }
-                "User" => {
-                    reconcile_all::<User, _, _>(ctx, Api::all(ctx.client.clone()), controller::user::reconcile).await?
-                }
-                "Team" => {
-                    reconcile_all::<Team, _, _>(ctx, Api::all(ctx.client.clone()), controller::team::reconcile).await?
-                }
-                "Source" => {
-                    reconcile_all::<Source, _, _>(ctx, Api::all(ctx.client.clone()), controller::source::reconcile)
-                        .await?
-                }
-                "APIKey" => {
-                    reconcile_all::<ApiKey, _, _>(ctx, Api::all(ctx.client.clone()), controller::api_key::reconcile)
-                        .await?
-                }
-                _ => {
-                    reconcile_all::<AccessPolicy, _, _>(
-                        ctx,
-                        Api::all(ctx.client.clone()),
-                        controller::access_policy::reconcile,
-                    )
-                    .await?
-                }
-            }
-        }
-        let now = statuses(&ctx.client).await?;
+    let client = &ctx.client;
+    let mut last = (Vec::new(), -1);
+    for pass in 0..6 {
+        // After the first pass, only what is not settled yet: in dependency order, a
+        // Ready object's references were all there when it was reconciled.
+        let only_unsettled = pass > 0;
+        reconcile_all(ctx, Api::<Role>::all(client.clone()), |_| Api::all(client.clone()), controller::role::reconcile, only_unsettled)
+            .await?;
+        reconcile_all(ctx, Api::<User>::all(client.clone()), |_| Api::all(client.clone()), controller::user::reconcile, only_unsettled)
+            .await?;
+        reconcile_all(ctx, Api::<Team>::all(client.clone()), |_| Api::all(client.clone()), controller::team::reconcile, only_unsettled)
+            .await?;
+        reconcile_all(ctx, Api::<Source>::all(client.clone()), |o| in_namespace(client, o), controller::source::reconcile, only_unsettled)
+            .await?;
+        reconcile_all(ctx, Api::<ApiKey>::all(client.clone()), |o| in_namespace(client, o), controller::api_key::reconcile, only_unsettled)
+            .await?;
+        reconcile_all(
+            ctx,
+            Api::<AccessPolicy>::all(client.clone()),
+            |o| in_namespace(client, o),
+            controller::access_policy::reconcile,
+            only_unsettled,
+        )
+        .await?;
+        let now = (statuses(client).await?, ctx.store.revision().await.map_err(|e| e.to_string())?);
         let settled = now == last;
         last = now;
         if settled {
             break;
         }
     }
-    Ok(last)
+    Ok(last.0)
 }
 
-async fn reconcile_all<K, F, Fut>(ctx: &Arc<Context>, api: Api<K>, reconcile: F) -> Result<(), String>
+fn in_namespace<K>(client: &Client, obj: &K) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), obj.namespace().as_deref().unwrap_or("default"))
+}
+
+/// Objects listed per request: bounds memory whatever the number of objects.
+const PAGE: u32 = 500;
+
+async fn reconcile_all<K, A, F, Fut>(
+    ctx: &Arc<Context>,
+    list_api: Api<K>,
+    api_of: A,
+    reconcile: F,
+    only_unsettled: bool,
+) -> Result<(), String>
 where
     K: Reconciled,
+    A: Fn(&K) -> Api<K>,
     F: Fn(Arc<K>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = controller::Result<kube::runtime::controller::Action>>,
 {
-    let list = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-    for obj in list.items {
-        // Errors are already in the object's status (and logged); the report shows them.
-        let _ = reconcile(Arc::new(obj), ctx.clone()).await;
+    use futures::StreamExt;
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = list_api.list(&params).await.map_err(|e| e.to_string())?;
+        // As a controller would, several at a time. Errors are already in the object's
+        // status (and logged); the report shows them.
+        let todo = page.items.into_iter().filter(|obj| !(only_unsettled && settled(obj)));
+        futures::stream::iter(todo)
+            .for_each_concurrent(CONCURRENCY, |obj| {
+                let api = api_of(&obj);
+                let name = obj.name_any();
+                let fresh = obj.meta().deletion_timestamp.is_none()
+                    && !obj.finalizers().iter().any(|f| f == controller::FINALIZER);
+                let first = reconcile(Arc::new(obj), ctx.clone());
+                let reconcile = &reconcile;
+                async move {
+                    let _ = first.await;
+                    // The first reconcile of a new object only adds the finalizer; in a
+                    // cluster the resulting watch event brings it straight back.
+                    if fresh {
+                        if let Ok(Some(obj)) = api.get_opt(&name).await {
+                            let _ = reconcile(Arc::new(obj), ctx.clone()).await;
+                        }
+                    }
+                }
+            })
+            .await;
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(()),
+        }
     }
-    Ok(())
+}
+
+/// Ready for the generation it has, and not being deleted.
+fn settled<K: Reconciled>(obj: &K) -> bool {
+    let generation = obj.meta().generation;
+    obj.meta().deletion_timestamp.is_none()
+        && obj
+            .conditions()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == generation)
 }
 
 /// The Ready condition of every object, in report order.
@@ -386,23 +442,28 @@ pub async fn statuses(client: &Client) -> Result<Vec<ObjectStatus>, String> {
 
 async fn collect<K: Reconciled>(client: &Client, kind: &str, out: &mut Vec<ObjectStatus>) -> Result<(), String> {
     let api: Api<K> = Api::all(client.clone());
-    let mut items = api.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items;
-    items.sort_by_key(|o| (o.namespace(), o.name_any()));
-    for obj in items {
-        let conditions = obj.conditions();
-        let paused = conditions.iter().find(|c| c.type_ == "Paused");
-        let ready = conditions.iter().find(|c| c.type_ == "Ready");
-        let shown = paused.or(ready);
-        out.push(ObjectStatus {
-            kind: kind.to_string(),
-            namespace: obj.namespace(),
-            name: obj.name_any(),
-            ready: ready.map_or("-".into(), |c| c.status.clone()),
-            reason: shown.map_or("Pending".into(), |c| c.reason.clone()),
-            message: shown.map_or(String::new(), |c| c.message.clone()),
-        });
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&params).await.map_err(|e| e.to_string())?;
+        for obj in page.items {
+            let conditions = obj.conditions();
+            let paused = conditions.iter().find(|c| c.type_ == "Paused");
+            let ready = conditions.iter().find(|c| c.type_ == "Ready");
+            let shown = paused.or(ready);
+            out.push(ObjectStatus {
+                kind: kind.to_string(),
+                namespace: obj.namespace(),
+                name: obj.name_any(),
+                ready: ready.map_or("-".into(), |c| c.status.clone()),
+                reason: shown.map_or("Pending".into(), |c| c.reason.clone()),
+                message: shown.map_or(String::new(), |c| c.message.clone()),
+            });
+        }
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// Secrets the operator wrote (managed-by label), as (namespace, name) → manifest.
@@ -502,6 +563,9 @@ pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<std::time::SystemTime>, u
     out
 }
 
+/// Reconciles run at once within a pass.
+const CONCURRENCY: usize = 8;
+
 /// How often watch mode looks at the directory.
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -511,12 +575,13 @@ mod tests {
 
     #[test]
     fn a_broken_file_is_refused_whole_and_a_bad_object_alone() {
-        let err = parse_file("broken.yaml", "kind: User\nmetadata: [unclosed").unwrap_err();
+        let validator = crd::validate::Validator::new();
+        let err = parse_file(&validator, "broken.yaml", "kind: User\nmetadata: [unclosed").unwrap_err();
         assert!(err.to_string().starts_with("broken.yaml: invalid YAML"), "{err}");
         let text = "apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: ok}\nspec: {email: ok@example.com}\n---\n\
                     apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: bad}\nspec: {email: nope}\n---\n\
                     apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n";
-        let (ok, problems) = parse_file("users.yaml", text).unwrap();
+        let (ok, problems) = parse_file(&validator, "users.yaml", text).unwrap();
         assert_eq!(ok.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["ok"]);
         assert_eq!(problems.len(), 2);
         assert!(

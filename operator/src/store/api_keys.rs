@@ -77,6 +77,42 @@ impl Store {
         })
     }
 
+    /// Issues a new key for an APIKey object and retires its other keys at `retire_at`
+    /// (now, or the end of a rotation grace period), in one transaction.
+    pub async fn issue_api_key(&self, key: &ApiKeyRow, retire_others_at: i64) -> Result<WriteOutcome> {
+        let mut key = key.clone();
+        key.scopes.sort();
+        key.scopes.dedup();
+        let scopes = to_json(&key.scopes)?;
+        versioned_write!(self, "issue_api_key", |tx| {
+            self.query(
+                "UPDATE api_keys SET revoked_at = ? WHERE namespace = ? AND name = ? AND (revoked_at IS NULL OR revoked_at > ?)",
+            )
+            .bind(retire_others_at)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(retire_others_at)
+            .execute(&mut **tx)
+            .await?;
+            self.query(
+                "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&key.key_hash)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(&key.prefix)
+            .bind(key.owner_kind.as_str())
+            .bind(&key.owner_name)
+            .bind(&scopes)
+            .bind(key.expires_at)
+            .bind(key.revoked_at)
+            .bind(key.created_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(true)
+        })
+    }
+
     /// Sets owner, scopes and expiry of every key of an APIKey object that is not
     /// being retired (keys in a rotation grace keep what they had).
     pub async fn update_api_key_grants(
@@ -92,16 +128,20 @@ impl Store {
         scopes.sort();
         scopes.dedup();
         let scopes_json = to_json(&scopes)?;
-        versioned_write!(self, "update_api_key_grants", |tx| {
-            let current = self.keys_of(tx, namespace, name).await?;
-            let stale = current.iter().any(|k| {
+        let stale = |keys: &[ApiKeyRow]| {
+            keys.iter().any(|k| {
                 k.revoked_at.is_none()
                     && (k.owner_kind != owner_kind
                         || k.owner_name != owner_name
                         || k.scopes != scopes
                         || k.expires_at != expires_at)
-            });
-            if !stale {
+            })
+        };
+        if !stale(&self.api_keys_of(namespace, name).await?) {
+            return self.unchanged().await;
+        }
+        versioned_write!(self, "update_api_key_grants", |tx| {
+            if !stale(&self.keys_of(tx, namespace, name).await?) {
                 return Ok(false);
             }
             self.query("UPDATE api_keys SET owner_kind = ?, owner_name = ?, scopes = ?, expires_at = ? WHERE namespace = ? AND name = ? AND revoked_at IS NULL")

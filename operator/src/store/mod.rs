@@ -4,9 +4,11 @@
 //! driver. Statements are written once with `?` placeholders (rewritten to `$n` for
 //! PostgreSQL) and in the common subset of the three dialects: no upsert syntax (a
 //! write reads the current row first, under the revision lock, and then inserts or
-//! updates), no `RETURNING`, times as Unix seconds, JSON as text.
+//! updates), `RETURNING` only beside a MySQL fallback, times as Unix seconds, JSON as text.
 //!
-//! Writes that change what a policy snapshot holds run in [`Store::write`]: the first
+//! An upsert first reads without any lock: when the database already holds what is
+//! asked (a resync of thousands of unchanged objects), it returns without a write
+//! transaction. Otherwise it runs a snapshot-changing write (`versioned_write!`): the first
 //! statement bumps the revision row, so every such writer takes the same lock first
 //! (no deadlocks between our own writers, commit order equals revision order) and a
 //! write that turns out to change nothing rolls back without bumping, which makes
@@ -157,7 +159,18 @@ impl Store {
                 }
             }
         }
+        let sqlite = config.backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // With WAL, NORMAL is safe against crashes of the process and
+                        // fsyncs at checkpoints instead of at every commit.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(config.pool_size)
             .acquire_timeout(config.acquire_timeout)
             .connect(config.url())
@@ -230,17 +243,27 @@ impl Store {
         }
     }
 
+    /// The outcome of a write that a lock-free read showed to be unnecessary.
+    async fn unchanged(&self) -> Result<WriteOutcome> {
+        Ok(WriteOutcome { revision: self.revision().await?, changed: false })
+    }
+
     /// Starts a snapshot-changing transaction: bumps the revision first (see the
     /// module comment for why first).
     async fn begin_write(&self) -> Result<WriteTx> {
         let mut tx = self.pool.begin().await?;
-        self.query("UPDATE revision SET value = value + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let revision = self
-            .scalar_i64("SELECT value FROM revision WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        let revision = match self.backend {
+            // One round trip where the dialect allows it.
+            Backend::Postgres | Backend::Sqlite => {
+                self.scalar_i64("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value")
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            Backend::MySql => {
+                self.query("UPDATE revision SET value = value + 1 WHERE id = 1").execute(&mut *tx).await?;
+                self.scalar_i64("SELECT value FROM revision WHERE id = 1").fetch_one(&mut *tx).await?
+            }
+        };
         Ok(WriteTx { tx, revision })
     }
 }

@@ -29,6 +29,9 @@ struct SpecColumn {
 impl Store {
     /// Creates or updates an access policy.
     pub async fn upsert_policy(&self, policy: &PolicyRow) -> Result<WriteOutcome> {
+        if self.get_policy(&policy.namespace, &policy.name).await?.as_ref() == Some(policy) {
+            return self.unchanged().await;
+        }
         let selector = to_json(&policy.pod_selector)?;
         let spec = to_json(&SpecColumn {
             rules: policy.rules.clone(),

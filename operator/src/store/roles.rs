@@ -33,6 +33,9 @@ impl Store {
         let mut role = role.clone();
         role.scopes.sort();
         role.scopes.dedup();
+        if self.get_role(&role.name).await?.as_ref() == Some(&role) {
+            return self.unchanged().await;
+        }
         let scopes = to_json(&role.scopes)?;
         versioned_write!(self, "upsert_role", |tx| {
             let current = self

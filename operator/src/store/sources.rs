@@ -20,6 +20,9 @@ pub struct SourceRow {
 impl Store {
     /// Creates or updates a source.
     pub async fn upsert_source(&self, source: &SourceRow) -> Result<WriteOutcome> {
+        if self.get_source(&source.namespace, &source.name).await?.as_ref() == Some(source) {
+            return self.unchanged().await;
+        }
         let labels = to_json(&source.labels)?;
         let rate_limit = source.rate_limit.as_ref().map(to_json).transpose()?;
         versioned_write!(self, "upsert_source", |tx| {

@@ -39,6 +39,9 @@ impl Store {
         let mut team = team.clone();
         team.members.sort();
         team.members.dedup_by(|a, b| a.0 == b.0);
+        if self.get_team(&team.name).await?.as_ref() == Some(&team) {
+            return self.unchanged().await;
+        }
         versioned_write!(self, "upsert_team", |tx| {
             let current = match self
                 .query("SELECT name, display_name, description FROM teams WHERE name = ?")

@@ -60,18 +60,13 @@ impl Store {
         let mut user = user.clone();
         user.roles.sort();
         user.roles.dedup();
+        if self.get_user(&user.name).await?.as_ref() == Some(&user) {
+            return self.unchanged().await;
+        }
         let key = email_key(&user.email);
         let preferences = to_json(&user.preferences)?;
         let outcome = versioned_write!(self, "upsert_user", |tx| {
-            let current = match self
-                    .query("SELECT name, email, display_name, disabled, preferences, require_two_factor FROM users WHERE name = ?")
-                    .bind(&user.name)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                {
-                    Some(row) => Some(decode_user(&row, self.user_roles(tx, &user.name).await?)?),
-                    None => None,
-                };
+            let current = self.load_user(tx, &user.name).await?;
             if current.as_ref() == Some(&user) {
                 return Ok(false);
             }
@@ -191,17 +186,51 @@ impl Store {
 
     pub async fn get_user(&self, name: &str) -> Result<Option<UserRow>> {
         let mut conn = self.pool.acquire().await?;
-        let row = self
+        self.load_user(&mut conn, name).await
+    }
+
+    /// The scopes a user holds through its roles, or `None` when there is no such user.
+    pub async fn user_scopes(&self, name: &str) -> Result<Option<std::collections::BTreeSet<String>>> {
+        let rows = self
             .query(
-                "SELECT name, email, display_name, disabled, preferences, require_two_factor FROM users WHERE name = ?",
+                "SELECT u.name AS name, r.scopes AS scopes FROM users u \
+                 LEFT JOIN user_roles ur ON ur.user_name = u.name \
+                 LEFT JOIN roles r ON r.name = ur.role_name WHERE u.name = ?",
             )
             .bind(name)
-            .fetch_optional(&mut *conn)
+            .fetch_all(&self.pool)
             .await?;
-        match row {
-            Some(row) => Ok(Some(decode_user(&row, self.user_roles(&mut conn, name).await?)?)),
-            None => Ok(None),
+        if rows.is_empty() {
+            return Ok(None);
         }
+        let mut scopes = std::collections::BTreeSet::new();
+        for row in &rows {
+            if let Some(json) = row.try_get::<Option<String>, _>("scopes")? {
+                scopes.extend(from_json::<Vec<String>>("roles.scopes", &json)?);
+            }
+        }
+        Ok(Some(scopes))
+    }
+
+    /// A user with its roles, in one query.
+    async fn load_user(&self, conn: &mut sqlx::AnyConnection, name: &str) -> Result<Option<UserRow>> {
+        let rows = self
+            .query(
+                "SELECT u.name AS name, u.email AS email, u.display_name AS display_name, u.disabled AS disabled, \
+                 u.preferences AS preferences, u.require_two_factor AS require_two_factor, ur.role_name AS role_name \
+                 FROM users u LEFT JOIN user_roles ur ON ur.user_name = u.name WHERE u.name = ? ORDER BY ur.role_name",
+            )
+            .bind(name)
+            .fetch_all(conn)
+            .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let mut roles = Vec::new();
+        for row in &rows {
+            if let Some(role) = row.try_get::<Option<String>, _>("role_name")? {
+                roles.push(role);
+            }
+        }
+        Ok(Some(decode_user(first, roles)?))
     }
 
     /// Looks a user up by e-mail, ignoring case.
@@ -265,15 +294,6 @@ impl Store {
             }),
             None => None,
         })
-    }
-
-    async fn user_roles(&self, conn: &mut sqlx::AnyConnection, user: &str) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar(self.sql("SELECT role_name FROM user_roles WHERE user_name = ? ORDER BY role_name"))
-                .bind(user)
-                .fetch_all(conn)
-                .await?,
-        )
     }
 }
 
