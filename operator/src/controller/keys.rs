@@ -66,7 +66,9 @@ pub async fn ensure(
                 now
             };
             let fresh = generate_api_key();
-            ctx.store.issue_api_key(&row(grant, &fresh.hash, &fresh.prefix, now), retire_at).await?;
+            let live = stored.iter().any(|k| k.revoked_at.is_none_or(|at| at > retire_at));
+            let retire = live.then_some(retire_at);
+            ctx.store.issue_api_key(&row(grant, &fresh.hash, &fresh.prefix, now), retire).await?;
             write_secret(&secrets, secret_name, owner, &fresh.key).await?;
             tracing::info!(namespace = grant.namespace, object = grant.object, prefix = %fresh.prefix, rotated = rotate, "issued API key");
             return Ok(KeyState { prefix: fresh.prefix, issued: true });

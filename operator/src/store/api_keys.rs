@@ -77,23 +77,26 @@ impl Store {
         })
     }
 
-    /// Issues a new key for an APIKey object and retires its other keys at `retire_at`
-    /// (now, or the end of a rotation grace period), in one transaction.
-    pub async fn issue_api_key(&self, key: &ApiKeyRow, retire_others_at: i64) -> Result<WriteOutcome> {
+    /// Issues a new key for an APIKey object and, when `retire_others_at` is given,
+    /// retires its other keys then (now, or the end of a rotation grace period), in one
+    /// transaction.
+    pub async fn issue_api_key(&self, key: &ApiKeyRow, retire_others_at: Option<i64>) -> Result<WriteOutcome> {
         let mut key = key.clone();
         key.scopes.sort();
         key.scopes.dedup();
         let scopes = to_json(&key.scopes)?;
         versioned_write!(self, "issue_api_key", |tx| {
-            self.query(
-                "UPDATE api_keys SET revoked_at = ? WHERE namespace = ? AND name = ? AND (revoked_at IS NULL OR revoked_at > ?)",
-            )
-            .bind(retire_others_at)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(retire_others_at)
-            .execute(&mut **tx)
-            .await?;
+            if let Some(at) = retire_others_at {
+                self.query(
+                    "UPDATE api_keys SET revoked_at = ? WHERE namespace = ? AND name = ? AND (revoked_at IS NULL OR revoked_at > ?)",
+                )
+                .bind(at)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+            }
             self.query(
                 "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )

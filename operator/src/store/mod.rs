@@ -243,6 +243,31 @@ impl Store {
         }
     }
 
+    /// Which of `names` exist in `table` (`users` or `roles`), in one query.
+    async fn existing_names(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        table: NameTable,
+        names: &[String],
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let mut found = std::collections::BTreeSet::new();
+        for chunk in names.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT name FROM {} WHERE name IN ({placeholders})", table.as_str());
+            let sql = match self.backend {
+                Backend::Postgres => numbered_placeholders(&sql),
+                Backend::MySql | Backend::Sqlite => sql,
+            };
+            // The text is built from a fixed table name and placeholders only.
+            let mut query = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
+            for name in chunk {
+                query = query.bind(name);
+            }
+            found.extend(query.fetch_all(&mut *conn).await?);
+        }
+        Ok(found)
+    }
+
     /// The outcome of a write that a lock-free read showed to be unnecessary.
     async fn unchanged(&self) -> Result<WriteOutcome> {
         Ok(WriteOutcome { revision: self.revision().await?, changed: false })
@@ -265,6 +290,22 @@ impl Store {
             }
         };
         Ok(WriteTx { tx, revision })
+    }
+}
+
+/// Tables whose rows are named, for [`Store::existing_names`].
+#[derive(Clone, Copy)]
+enum NameTable {
+    Users,
+    Roles,
+}
+
+impl NameTable {
+    fn as_str(self) -> &'static str {
+        match self {
+            NameTable::Users => "users",
+            NameTable::Roles => "roles",
+        }
     }
 }
 

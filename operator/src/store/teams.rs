@@ -1,7 +1,7 @@
 use portcullis_wire::TeamRole;
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, WriteOutcome, unix_now};
+use super::{NameTable, Result, Store, StoreError, WriteOutcome, unix_now};
 
 /// A team as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,18 +60,9 @@ impl Store {
             if current.as_ref() == Some(&team) {
                 return Ok(false);
             }
-            let mut missing = Vec::new();
-            for (user, _) in &team.members {
-                if self
-                    .query("SELECT name FROM users WHERE name = ?")
-                    .bind(user)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .is_none()
-                {
-                    missing.push(user.clone());
-                }
-            }
+            let names: Vec<String> = team.members.iter().map(|(u, _)| u.clone()).collect();
+            let found = self.existing_names(tx, NameTable::Users, &names).await?;
+            let missing: Vec<String> = names.into_iter().filter(|n| !found.contains(n)).collect();
             if !missing.is_empty() {
                 return Err(StoreError::MissingReference {
                     kind: "user",

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, WriteOutcome, flag, from_json, to_json, unix_now};
+use super::{NameTable, Result, Store, StoreError, WriteOutcome, flag, from_json, to_json, unix_now};
 
 /// A user as the database holds it (its password lives apart, see [`PasswordRow`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,29 +70,8 @@ impl Store {
             if current.as_ref() == Some(&user) {
                 return Ok(false);
             }
-            if let Some(owner) = self
-                .query("SELECT name FROM users WHERE email_key = ? AND name <> ?")
-                .bind(&key)
-                .bind(&user.name)
-                .fetch_optional(&mut **tx)
-                .await?
-            {
-                return Err(StoreError::EmailTaken {
-                    email: user.email.clone(),
-                    owner: owner.try_get("name")?,
-                });
-            }
-            let mut missing = Vec::new();
-            for role in &user.roles {
-                let found = self
-                    .query("SELECT name FROM roles WHERE name = ?")
-                    .bind(role)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                if found.is_none() {
-                    missing.push(role.clone());
-                }
-            }
+            let found = self.existing_names(tx, NameTable::Roles, &user.roles).await?;
+            let missing: Vec<String> = user.roles.iter().filter(|r| !found.contains(*r)).cloned().collect();
             if !missing.is_empty() {
                 return Err(StoreError::MissingReference {
                     kind: "role",
@@ -150,7 +129,7 @@ impl Store {
             }
             Ok(true)
         });
-        // Two writers racing for one e-mail: the unique index is the last word.
+        // The unique index on the e-mail decides (also between two racing writers).
         match outcome {
             Err(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
                 let owner = self
