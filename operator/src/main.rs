@@ -255,16 +255,19 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         .await
         .map_err(Fatal::Other)?;
     let metrics = Arc::new(Metrics::new());
-    let config = Config { events: false, ..common.config() };
+    let config = Config {
+        events: false,
+        ..common.config()
+    };
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
         println!(
-            "bootstrap: user {} created; its password is in {}/secrets/{}/{}.yaml",
+            "bootstrap: user {} created; its password is in Secret {} of {}/secrets/{}.yaml",
             bootstrap::ADMIN_EMAIL,
+            bootstrap::ADMIN_SECRET,
             state_dir.display(),
-            common.namespace,
-            bootstrap::ADMIN_SECRET
+            common.namespace
         );
     }
     tracing::info!(restored, database = %db.redacted_url(), manifests = %dir.display(), "local mode");
@@ -277,7 +280,9 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         for problem in &problems {
             eprintln!("refused: {problem}");
         }
-        previous = local::sync_objects(&client, &manifests, &previous).await.map_err(Fatal::Other)?;
+        previous = local::sync_objects(&client, &manifests, &previous)
+            .await
+            .map_err(Fatal::Other)?;
         drop(manifests);
         let statuses = local::converge(&ctx).await.map_err(Fatal::Other)?;
         let secrets = local::operator_secrets(&client).await.map_err(Fatal::Other)?;

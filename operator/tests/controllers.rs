@@ -469,7 +469,9 @@ async fn local_mode_applies_the_examples() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let (manifests, problems) = local::load_dir(&dir).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
-    let applied = local::sync_objects(&w.client, &manifests, &Default::default()).await.unwrap();
+    let applied = local::sync_objects(&w.client, &manifests, &Default::default())
+        .await
+        .unwrap();
     let statuses = local::converge(&w.ctx).await.unwrap();
     assert_eq!(statuses.len(), 7, "{statuses:#?}");
     for s in &statuses {

@@ -54,9 +54,14 @@ pub async fn ensure(
             let hash = credentials::hash_api_key(&key);
             if !stored.iter().any(|k| k.key_hash == hash) {
                 // Drift: the row went missing; the Secret still holds the key.
-                ctx.store.insert_api_key(&row(grant, &hash, &credentials::display_prefix(&key), now)).await?;
+                ctx.store
+                    .insert_api_key(&row(grant, &hash, &credentials::display_prefix(&key), now))
+                    .await?;
             }
-            KeyState { prefix: credentials::display_prefix(&key), issued: false }
+            KeyState {
+                prefix: credentials::display_prefix(&key),
+                issued: false,
+            }
         }
         previous => {
             // No Secret (first reconcile, or deleted behind our back) or a rotation.
@@ -68,10 +73,15 @@ pub async fn ensure(
             let fresh = generate_api_key();
             let live = stored.iter().any(|k| k.revoked_at.is_none_or(|at| at > retire_at));
             let retire = live.then_some(retire_at);
-            ctx.store.issue_api_key(&row(grant, &fresh.hash, &fresh.prefix, now), retire).await?;
+            ctx.store
+                .issue_api_key(&row(grant, &fresh.hash, &fresh.prefix, now), retire)
+                .await?;
             write_secret(&secrets, secret_name, owner, &fresh.key).await?;
             tracing::info!(namespace = grant.namespace, object = grant.object, prefix = %fresh.prefix, rotated = rotate, "issued API key");
-            return Ok(KeyState { prefix: fresh.prefix, issued: true });
+            return Ok(KeyState {
+                prefix: fresh.prefix,
+                issued: true,
+            });
         }
     };
     let scopes = sorted(grant.scopes);

@@ -5,7 +5,7 @@
 //! In a cluster the API server does this; without one (local mode, tests of the
 //! examples) this is what stands between a typo and the database.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use kube::core::cel::{CompiledSchema, compile_schema};
 use serde_json::Value;
@@ -14,6 +14,8 @@ use serde_json::Value;
 /// rules once; validating is then cheap (local mode checks thousands of objects).
 pub struct Validator {
     kinds: Vec<(String, Value, CompiledSchema)>,
+    /// Every `pattern` of every schema, compiled once.
+    patterns: HashMap<String, regex::Regex>,
     cel: kube::core::cel::Validator,
 }
 
@@ -25,7 +27,7 @@ impl Default for Validator {
 
 impl Validator {
     pub fn new() -> Self {
-        let kinds = super::all()
+        let kinds: Vec<(String, Value, CompiledSchema)> = super::all()
             .iter()
             .filter_map(|crd| {
                 let schema = crd
@@ -42,7 +44,15 @@ impl Validator {
                 Some((crd.spec.names.kind.clone(), schema, compiled))
             })
             .collect();
-        Validator { kinds, cel: kube::core::cel::Validator::new() }
+        let mut patterns = HashMap::new();
+        for (_, schema, _) in &kinds {
+            collect_patterns(schema, &mut patterns);
+        }
+        Validator {
+            kinds,
+            patterns,
+            cel: kube::core::cel::Validator::new(),
+        }
     }
 
     /// Validates `object` (a whole manifest of one of our kinds). Returns every problem
@@ -58,10 +68,16 @@ impl Validator {
             let fields = object.as_object();
             for (name, sub) in props.iter().filter(|(n, _)| !is_machinery(n)) {
                 if let Some(value) = fields.and_then(|f| f.get(name)) {
-                    check(sub, value, name, &mut errors);
+                    self.check(sub, value, name, &mut errors);
                 }
             }
-            for field in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            for field in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 if fields.is_none_or(|f| !f.contains_key(field)) {
                     errors.push(format!("{field}: required"));
                 }
@@ -82,156 +98,173 @@ impl Validator {
     }
 }
 
+fn collect_patterns(schema: &Value, out: &mut HashMap<String, regex::Regex>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(p)) = map.get("pattern") {
+                if let Ok(re) = regex::Regex::new(p) {
+                    out.insert(p.clone(), re);
+                }
+            }
+            map.values().for_each(|v| collect_patterns(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_patterns(v, out)),
+        _ => {}
+    }
+}
+
 fn is_machinery(field: &str) -> bool {
     matches!(field, "apiVersion" | "kind" | "metadata")
 }
 
-fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
-    if value.is_null() {
-        if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
-            errors.push(format!("{path}: must not be null"));
-        }
-        return;
-    }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
-        return;
-    }
-    let expected = schema.get("type").and_then(Value::as_str);
-    let type_ok = match expected {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => value.is_i64() || value.is_u64(),
-        Some("number") => value.is_number(),
-        Some("boolean") => value.is_boolean(),
-        _ => true,
-    };
-    if !type_ok {
-        errors.push(format!(
-            "{path}: expected {}, got {}",
-            expected.unwrap_or("?"),
-            type_name(value)
-        ));
-        return;
-    }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-        && !allowed.contains(value)
-    {
-        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-        errors.push(format!("{path}: {value} is not one of {}", list.join(", ")));
-    }
-    match value {
-        Value::String(s) => check_string(schema, s, path, errors),
-        Value::Number(n) => {
-            let n = n.as_f64().unwrap_or(f64::NAN);
-            if let Some(min) = schema.get("minimum").and_then(Value::as_f64).filter(|m| n < *m) {
-                errors.push(format!("{path}: {n} is below the minimum {min}"));
+impl Validator {
+    fn check(&self, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+        if value.is_null() {
+            if !schema.get("nullable").and_then(Value::as_bool).unwrap_or(false) {
+                errors.push(format!("{path}: must not be null"));
             }
-            if let Some(max) = schema.get("maximum").and_then(Value::as_f64).filter(|m| n > *m) {
-                errors.push(format!("{path}: {n} is above the maximum {max}"));
-            }
+            return;
         }
-        Value::Array(items) => check_array(schema, items, path, errors),
-        Value::Object(fields) => {
-            let props = schema.get("properties").and_then(Value::as_object);
-            let extra = schema.get("additionalProperties");
-            for (name, sub) in fields {
-                let here = format!("{path}.{name}");
-                match (props.and_then(|p| p.get(name)), extra) {
-                    (Some(sub_schema), _) => check(sub_schema, sub, &here, errors),
-                    (None, Some(extra)) if extra.is_object() => check(extra, sub, &here, errors),
-                    (None, Some(Value::Bool(true))) => {}
-                    (None, _) if schema.get("x-kubernetes-preserve-unknown-fields").is_some() => {}
-                    (None, _) => errors.push(format!("{here}: unknown field")),
+        if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+            return;
+        }
+        let expected = schema.get("type").and_then(Value::as_str);
+        let type_ok = match expected {
+            Some("object") => value.is_object(),
+            Some("array") => value.is_array(),
+            Some("string") => value.is_string(),
+            Some("integer") => value.is_i64() || value.is_u64(),
+            Some("number") => value.is_number(),
+            Some("boolean") => value.is_boolean(),
+            _ => true,
+        };
+        if !type_ok {
+            errors.push(format!(
+                "{path}: expected {}, got {}",
+                expected.unwrap_or("?"),
+                type_name(value)
+            ));
+            return;
+        }
+        if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+            && !allowed.contains(value)
+        {
+            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            errors.push(format!("{path}: {value} is not one of {}", list.join(", ")));
+        }
+        match value {
+            Value::String(s) => self.check_string(schema, s, path, errors),
+            Value::Number(n) => {
+                let n = n.as_f64().unwrap_or(f64::NAN);
+                if let Some(min) = schema.get("minimum").and_then(Value::as_f64).filter(|m| n < *m) {
+                    errors.push(format!("{path}: {n} is below the minimum {min}"));
+                }
+                if let Some(max) = schema.get("maximum").and_then(Value::as_f64).filter(|m| n > *m) {
+                    errors.push(format!("{path}: {n} is above the maximum {max}"));
                 }
             }
-            for field in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                if !fields.contains_key(field) {
-                    errors.push(format!("{path}.{field}: required"));
+            Value::Array(items) => self.check_array(schema, items, path, errors),
+            Value::Object(fields) => {
+                let props = schema.get("properties").and_then(Value::as_object);
+                let extra = schema.get("additionalProperties");
+                for (name, sub) in fields {
+                    let here = format!("{path}.{name}");
+                    match (props.and_then(|p| p.get(name)), extra) {
+                        (Some(sub_schema), _) => self.check(sub_schema, sub, &here, errors),
+                        (None, Some(extra)) if extra.is_object() => self.check(extra, sub, &here, errors),
+                        (None, Some(Value::Bool(true))) => {}
+                        (None, _) if schema.get("x-kubernetes-preserve-unknown-fields").is_some() => {}
+                        (None, _) => errors.push(format!("{here}: unknown field")),
+                    }
+                }
+                for field in schema
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    if !fields.contains_key(field) {
+                        errors.push(format!("{path}.{field}: required"));
+                    }
+                }
+                if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+                    && fields.len() as u64 > max
+                {
+                    errors.push(format!("{path}: more than {max} entries"));
                 }
             }
-            if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
-                && fields.len() as u64 > max
-            {
-                errors.push(format!("{path}: more than {max} entries"));
-            }
+            _ => {}
         }
-        _ => {}
     }
-}
 
-fn check_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<String>) {
-    let len = s.chars().count() as u64;
-    if let Some(min) = schema.get("minLength").and_then(Value::as_u64).filter(|m| len < *m) {
-        errors.push(format!("{path}: shorter than {min} characters"));
-    }
-    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64).filter(|m| len > *m) {
-        errors.push(format!("{path}: longer than {max} characters"));
-    }
-    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-        match regex::Regex::new(pattern) {
-            Ok(re) if !re.is_match(s) => errors.push(format!("{path}: {s:?} does not match {pattern}")),
-            Ok(_) => {}
-            Err(e) => errors.push(format!("{path}: bad pattern in CRD: {e}")),
+    fn check_string(&self, schema: &Value, s: &str, path: &str, errors: &mut Vec<String>) {
+        let len = s.chars().count() as u64;
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64).filter(|m| len < *m) {
+            errors.push(format!("{path}: shorter than {min} characters"));
         }
-    }
-    if schema.get("format").and_then(Value::as_str) == Some("date-time") && s.parse::<jiff::Timestamp>().is_err() {
-        errors.push(format!("{path}: {s:?} is not an RFC 3339 date-time"));
-    }
-}
-
-fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<String>) {
-    let len = items.len() as u64;
-    if let Some(min) = schema.get("minItems").and_then(Value::as_u64).filter(|m| len < *m) {
-        errors.push(format!("{path}: needs at least {min} item(s)"));
-    }
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64).filter(|m| len > *m) {
-        errors.push(format!("{path}: at most {max} item(s)"));
-    }
-    if let Some(item_schema) = schema.get("items") {
-        for (i, item) in items.iter().enumerate() {
-            check(item_schema, item, &format!("{path}[{i}]"), errors);
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64).filter(|m| len > *m) {
+            errors.push(format!("{path}: longer than {max} characters"));
         }
-    }
-    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
-        Some("set") => {
-            let mut seen = HashSet::new();
-            for item in items {
-                if !seen.insert(item.to_string()) {
-                    errors.push(format!("{path}: duplicate entry {item}"));
-                }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+            match self.patterns.get(pattern) {
+                Some(re) if !re.is_match(s) => errors.push(format!("{path}: {s:?} does not match {pattern}")),
+                Some(_) => {}
+                None => errors.push(format!("{path}: the CRD's pattern {pattern} does not compile")),
             }
         }
-        Some("map") => {
-            let keys: Vec<&str> = schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let mut seen = HashSet::new();
-            for item in items {
-                let key: Vec<String> = keys
-                    .iter()
-                    .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
+        if schema.get("format").and_then(Value::as_str) == Some("date-time") && s.parse::<jiff::Timestamp>().is_err() {
+            errors.push(format!("{path}: {s:?} is not an RFC 3339 date-time"));
+        }
+    }
+
+    fn check_array(&self, schema: &Value, items: &[Value], path: &str, errors: &mut Vec<String>) {
+        let len = items.len() as u64;
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64).filter(|m| len < *m) {
+            errors.push(format!("{path}: needs at least {min} item(s)"));
+        }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64).filter(|m| len > *m) {
+            errors.push(format!("{path}: at most {max} item(s)"));
+        }
+        if let Some(item_schema) = schema.get("items") {
+            for (i, item) in items.iter().enumerate() {
+                self.check(item_schema, item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => {
+                let mut seen = HashSet::new();
+                for item in items {
+                    if !seen.insert(item.to_string()) {
+                        errors.push(format!("{path}: duplicate entry {item}"));
+                    }
+                }
+            }
+            Some("map") => {
+                let keys: Vec<&str> = schema
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
                     .collect();
-                if !seen.insert(key.clone()) {
-                    errors.push(format!(
-                        "{path}: duplicate entry for {} = {}",
-                        keys.join(","),
-                        key.join(",")
-                    ));
+                let mut seen = HashSet::new();
+                for item in items {
+                    let key: Vec<String> = keys
+                        .iter()
+                        .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
+                        .collect();
+                    if !seen.insert(key.clone()) {
+                        errors.push(format!(
+                            "{path}: duplicate entry for {} = {}",
+                            keys.join(","),
+                            key.join(",")
+                        ));
+                    }
                 }
             }
+            _ => {}
         }
-        _ => {}
     }
 }
 

@@ -300,7 +300,10 @@ impl State {
 
     fn get(&self, route: &Route) -> Result<Value, Failure> {
         let name = route.name.as_deref().unwrap_or_default();
-        let bytes = self.objects.get(&route.key(name)).ok_or_else(|| Failure::not_found(route, name))?;
+        let bytes = self
+            .objects
+            .get(&route.key(name))
+            .ok_or_else(|| Failure::not_found(route, name))?;
         serde_json::from_slice(bytes)
             .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
     }
@@ -311,14 +314,19 @@ impl State {
                 self.owned.entry(uid.to_string()).or_default().insert(key.clone());
             }
         }
-        self.objects.insert(key, Bytes::from(serde_json::to_vec(obj).unwrap_or_default()));
+        self.objects
+            .insert(key, Bytes::from(serde_json::to_vec(obj).unwrap_or_default()));
     }
 
     /// A list, built from the stored bytes; `limit` and `continue` page through it in
     /// key order (the continue token is the last key returned).
     fn list(&self, route: &Route, query: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
         let wanted = parse_selector(query.get("labelSelector").map_or("", String::as_str));
-        let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
         let after: Option<Key> = query.get("continue").and_then(|c| serde_json::from_str(c).ok());
         let mut items: Vec<&Bytes> = Vec::new();
         let mut last: Option<&Key> = None;
@@ -547,7 +555,9 @@ impl State {
     fn remove(&mut self, key: &Key) {
         let Some(bytes) = self.objects.remove(key) else { return };
         let obj: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let Some(uid) = obj["metadata"]["uid"].as_str() else { return };
+        let Some(uid) = obj["metadata"]["uid"].as_str() else {
+            return;
+        };
         for owned in self.owned.remove(uid).unwrap_or_default() {
             self.remove(&owned);
         }
@@ -608,9 +618,10 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Full<Bytes>> {
 fn bytes_response(code: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -718,7 +729,10 @@ mod tests {
         let client = MemoryApi::new().client();
         let roles: Api<Role> = Api::all(client.clone());
         for i in 0..5 {
-            roles.create(&PostParams::default(), &role(&format!("r{i}"))).await.unwrap();
+            roles
+                .create(&PostParams::default(), &role(&format!("r{i}")))
+                .await
+                .unwrap();
         }
         let mut seen = Vec::new();
         let mut params = kube::api::ListParams::default().limit(2);
@@ -735,10 +749,15 @@ mod tests {
 
         let secrets: Api<Secret> = Api::namespaced(client, "ns");
         for (name, label) in [("a", "yes"), ("b", "no")] {
-            let s: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"mine": label}}})).unwrap();
+            let s: Secret =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"mine": label}}}))
+                    .unwrap();
             secrets.create(&PostParams::default(), &s).await.unwrap();
         }
-        let mine = secrets.list(&kube::api::ListParams::default().labels("mine=yes")).await.unwrap();
+        let mine = secrets
+            .list(&kube::api::ListParams::default().labels("mine=yes"))
+            .await
+            .unwrap();
         assert_eq!(mine.items.len(), 1);
         assert_eq!(mine.items[0].metadata.name.as_deref(), Some("a"));
     }

@@ -253,10 +253,22 @@ async fn delete(client: &Client, kind: &str, namespace: Option<&str>, name: &str
         "Role" => Api::<Role>::all(client.clone()).delete(name, &dp).await.map(drop),
         "User" => Api::<User>::all(client.clone()).delete(name, &dp).await.map(drop),
         "Team" => Api::<Team>::all(client.clone()).delete(name, &dp).await.map(drop),
-        "APIKey" => Api::<ApiKey>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
-        "Source" => Api::<Source>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
-        "AccessPolicy" => Api::<AccessPolicy>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
-        "Secret" => Api::<Secret>::namespaced(client.clone(), ns).delete(name, &dp).await.map(drop),
+        "APIKey" => Api::<ApiKey>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        "Source" => Api::<Source>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        "AccessPolicy" => Api::<AccessPolicy>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(drop),
+        "Secret" => Api::<Secret>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(drop),
         _ => Ok(()),
     };
     match result {
@@ -333,16 +345,46 @@ pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
         // After the first pass, only what is not settled yet: in dependency order, a
         // Ready object's references were all there when it was reconciled.
         let only_unsettled = pass > 0;
-        reconcile_all(ctx, Api::<Role>::all(client.clone()), |_| Api::all(client.clone()), controller::role::reconcile, only_unsettled)
-            .await?;
-        reconcile_all(ctx, Api::<User>::all(client.clone()), |_| Api::all(client.clone()), controller::user::reconcile, only_unsettled)
-            .await?;
-        reconcile_all(ctx, Api::<Team>::all(client.clone()), |_| Api::all(client.clone()), controller::team::reconcile, only_unsettled)
-            .await?;
-        reconcile_all(ctx, Api::<Source>::all(client.clone()), |o| in_namespace(client, o), controller::source::reconcile, only_unsettled)
-            .await?;
-        reconcile_all(ctx, Api::<ApiKey>::all(client.clone()), |o| in_namespace(client, o), controller::api_key::reconcile, only_unsettled)
-            .await?;
+        reconcile_all(
+            ctx,
+            Api::<Role>::all(client.clone()),
+            |_| Api::all(client.clone()),
+            controller::role::reconcile,
+            only_unsettled,
+        )
+        .await?;
+        reconcile_all(
+            ctx,
+            Api::<User>::all(client.clone()),
+            |_| Api::all(client.clone()),
+            controller::user::reconcile,
+            only_unsettled,
+        )
+        .await?;
+        reconcile_all(
+            ctx,
+            Api::<Team>::all(client.clone()),
+            |_| Api::all(client.clone()),
+            controller::team::reconcile,
+            only_unsettled,
+        )
+        .await?;
+        reconcile_all(
+            ctx,
+            Api::<Source>::all(client.clone()),
+            |o| in_namespace(client, o),
+            controller::source::reconcile,
+            only_unsettled,
+        )
+        .await?;
+        reconcile_all(
+            ctx,
+            Api::<ApiKey>::all(client.clone()),
+            |o| in_namespace(client, o),
+            controller::api_key::reconcile,
+            only_unsettled,
+        )
+        .await?;
         reconcile_all(
             ctx,
             Api::<AccessPolicy>::all(client.clone()),
@@ -351,7 +393,10 @@ pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
             only_unsettled,
         )
         .await?;
-        let now = (statuses(client).await?, ctx.store.revision().await.map_err(|e| e.to_string())?);
+        let now = (
+            statuses(client).await?,
+            ctx.store.revision().await.map_err(|e| e.to_string())?,
+        );
         let settled = now == last;
         last = now;
         if settled {
@@ -480,11 +525,14 @@ pub async fn operator_secrets(client: &Client) -> Result<BTreeMap<(String, Strin
         .collect())
 }
 
-/// Saves operator-made Secrets under `state/secrets/<namespace>/<name>.yaml` (mode 0600).
+/// Saves operator-made Secrets, one file per namespace: `state/secrets/<namespace>.yaml`
+/// (mode 0600), each Secret a YAML document headed by a `# <name>` comment. A file is
+/// rewritten only when its content changes.
 pub fn save_secrets(state: &Path, secrets: &BTreeMap<(String, String), Secret>) -> std::io::Result<()> {
+    let dir = state.join("secrets");
+    std::fs::create_dir_all(&dir)?;
+    let mut files: BTreeMap<&str, String> = BTreeMap::new();
     for ((namespace, name), secret) in secrets {
-        let dir = state.join("secrets").join(namespace);
-        std::fs::create_dir_all(&dir)?;
         let mut clean = secret.clone();
         clean.metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(name.clone()),
@@ -493,8 +541,14 @@ pub fn save_secrets(state: &Path, secrets: &BTreeMap<(String, String), Secret>) 
             ..Default::default()
         };
         let yaml = serde_yaml::to_string(&clean).map_err(std::io::Error::other)?;
-        let path = dir.join(format!("{name}.yaml"));
-        write_private(&path, yaml.as_bytes())?;
+        let file = files.entry(namespace.as_str()).or_default();
+        file.push_str(&format!("---\n# {name}\n{yaml}"));
+    }
+    for (namespace, content) in files {
+        let path = dir.join(format!("{namespace}.yaml"));
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+            write_private(&path, content.as_bytes())?;
+        }
     }
     Ok(())
 }
@@ -512,21 +566,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Loads Secrets saved by [`save_secrets`] into the in-memory API.
 pub async fn restore_secrets(client: &Client, state: &Path) -> Result<usize, String> {
-    let root = state.join("secrets");
-    let Ok(namespaces) = std::fs::read_dir(&root) else {
+    let Ok(files) = std::fs::read_dir(state.join("secrets")) else {
         return Ok(0);
     };
     let mut count = 0;
-    for ns_dir in namespaces.filter_map(Result::ok) {
-        let namespace = ns_dir.file_name().to_string_lossy().into_owned();
-        ensure_namespace(client, &namespace).await?;
-        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-        for file in std::fs::read_dir(ns_dir.path())
-            .map_err(|e| e.to_string())?
-            .filter_map(Result::ok)
-        {
-            let text = std::fs::read_to_string(file.path()).map_err(|e| e.to_string())?;
-            let secret: Secret = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", file.path().display()))?;
+    for file in files
+        .filter_map(Result::ok)
+        .filter(|f| f.path().extension().is_some_and(|e| e == "yaml"))
+    {
+        let text = std::fs::read_to_string(file.path()).map_err(|e| e.to_string())?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let secret: Secret =
+                serde::Deserialize::deserialize(doc).map_err(|e| format!("{}: {e}", file.path().display()))?;
+            let namespace = secret.namespace().unwrap_or_default();
+            ensure_namespace(client, &namespace).await?;
+            let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
             if api
                 .get_opt(&secret.name_any())
                 .await

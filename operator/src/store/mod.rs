@@ -270,7 +270,10 @@ impl Store {
 
     /// The outcome of a write that a lock-free read showed to be unnecessary.
     async fn unchanged(&self) -> Result<WriteOutcome> {
-        Ok(WriteOutcome { revision: self.revision().await?, changed: false })
+        Ok(WriteOutcome {
+            revision: self.revision().await?,
+            changed: false,
+        })
     }
 
     /// Starts a snapshot-changing transaction: bumps the revision first (see the
@@ -285,8 +288,12 @@ impl Store {
                     .await?
             }
             Backend::MySql => {
-                self.query("UPDATE revision SET value = value + 1 WHERE id = 1").execute(&mut *tx).await?;
-                self.scalar_i64("SELECT value FROM revision WHERE id = 1").fetch_one(&mut *tx).await?
+                self.query("UPDATE revision SET value = value + 1 WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                self.scalar_i64("SELECT value FROM revision WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?
             }
         };
         Ok(WriteTx { tx, revision })
