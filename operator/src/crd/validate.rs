@@ -101,10 +101,10 @@ impl Validator {
 fn collect_patterns(schema: &Value, out: &mut HashMap<String, regex::Regex>) {
     match schema {
         Value::Object(map) => {
-            if let Some(Value::String(p)) = map.get("pattern") {
-                if let Ok(re) = regex::Regex::new(p) {
-                    out.insert(p.clone(), re);
-                }
+            if let Some(Value::String(p)) = map.get("pattern")
+                && let Ok(re) = regex::Regex::new(p)
+            {
+                out.insert(p.clone(), re);
             }
             map.values().for_each(|v| collect_patterns(v, out));
         }

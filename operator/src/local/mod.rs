@@ -448,10 +448,8 @@ where
                     let _ = first.await;
                     // The first reconcile of a new object only adds the finalizer; in a
                     // cluster the resulting watch event brings it straight back.
-                    if fresh {
-                        if let Ok(Some(obj)) = api.get_opt(&name).await {
-                            let _ = reconcile(Arc::new(obj), ctx.clone()).await;
-                        }
+                    if fresh && let Ok(Some(obj)) = api.get_opt(&name).await {
+                        let _ = reconcile(Arc::new(obj), ctx.clone()).await;
                     }
                 }
             })
