@@ -58,19 +58,7 @@ impl Store {
                     ),
                 }),
                 None => {
-                    self.query("INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                        .bind(&key.key_hash)
-                        .bind(&key.namespace)
-                        .bind(&key.name)
-                        .bind(&key.prefix)
-                        .bind(key.owner_kind.as_str())
-                        .bind(&key.owner_name)
-                        .bind(&scopes)
-                        .bind(key.expires_at)
-                        .bind(key.revoked_at)
-                        .bind(key.created_at)
-                        .execute(&mut **tx)
-                        .await?;
+                    self.insert_key_row(tx, &key, &scopes).await?;
                     Ok(true)
                 }
             }
@@ -97,21 +85,7 @@ impl Store {
                 .execute(&mut **tx)
                 .await?;
             }
-            self.query(
-                "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&key.key_hash)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(&key.prefix)
-            .bind(key.owner_kind.as_str())
-            .bind(&key.owner_name)
-            .bind(&scopes)
-            .bind(key.expires_at)
-            .bind(key.revoked_at)
-            .bind(key.created_at)
-            .execute(&mut **tx)
-            .await?;
+            self.insert_key_row(tx, &key, &scopes).await?;
             Ok(true)
         })
     }
@@ -218,6 +192,25 @@ impl Store {
             .await?
             .map(|row| decode_api_key(&row))
             .transpose()
+    }
+
+    async fn insert_key_row(&self, conn: &mut sqlx::AnyConnection, key: &ApiKeyRow, scopes_json: &str) -> Result<()> {
+        self.query(
+            "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.key_hash)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(&key.prefix)
+        .bind(key.owner_kind.as_str())
+        .bind(&key.owner_name)
+        .bind(scopes_json)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
+        .bind(key.created_at)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 
     async fn keys_of(&self, conn: &mut sqlx::AnyConnection, namespace: &str, name: &str) -> Result<Vec<ApiKeyRow>> {
