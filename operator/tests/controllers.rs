@@ -119,6 +119,15 @@ async fn role_create_update_delete() {
     );
 
     let api: Api<Role> = Api::all(w.client.clone());
+    // A resync of an unchanged object writes nothing, not even its status.
+    role(&w, "other", &["read"]).await;
+    controller::role::reconcile(Arc::new(api.get("auditor").await.unwrap()), w.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get("auditor").await.unwrap().metadata.resource_version,
+        r.metadata.resource_version
+    );
     let mut changed = r.clone();
     changed.spec.scopes = vec!["read".into()];
     api.replace("auditor", &PostParams::default(), &changed).await.unwrap();

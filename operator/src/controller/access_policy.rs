@@ -74,8 +74,8 @@ async fn apply(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<Applied> 
         cors: policy.spec.cors.clone(),
         api_versions: policy.spec.api_versions.clone(),
     };
-    let outcome = ctx.store.upsert_policy(&row).await?;
-    Ok(Verdict::ready(format!("{} rule(s) at revision {}", row.rules.len(), outcome.revision)).into())
+    ctx.store.upsert_policy(&row).await?;
+    Ok(Verdict::ready(format!("{} rule(s)", row.rules.len())).into())
 }
 
 async fn cleanup(policy: Arc<AccessPolicy>, ctx: Arc<Context>) -> Result<()> {
