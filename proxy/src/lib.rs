@@ -3,8 +3,11 @@
 //! It enforces a [`portcullis_wire::Snapshot`] in front of an app: authentication
 //! (mTLS, JWT, API keys), authorization against compiled AccessPolicy rules, rate
 //! limits, CORS and metrics. It never talks to the database and has no Kubernetes
-//! client: everything it knows arrives as a snapshot. The proxy itself lands with
-//! issue #4; today this crate only fixes that boundary (it depends on the wire crate
-//! alone).
+//! client: everything it knows arrives as a snapshot.
+//!
+//! Built so far (issue #4 is in progress): [`path`], the one normalization of request
+//! paths, and [`authz`], the compiled rule matcher and the authorization decision.
+//! The HTTP proxy, authentication, rate limits, CORS and metrics are not here yet.
 
-pub use portcullis_wire::Snapshot;
+pub mod authz;
+pub mod path;
