@@ -6,9 +6,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// Every Portcullis API key starts with this, so that secret scanners and people
-/// recognise one (and the sidecar can refuse anything else without a lookup).
-pub const API_KEY_PREFIX: &str = "pck_";
+pub use portcullis_wire::api_key::PREFIX as API_KEY_PREFIX;
 
 /// Characters of the key shown in status, logs and UIs (prefix included).
 const DISPLAY_LEN: usize = API_KEY_PREFIX.len() + 8;
@@ -42,11 +40,9 @@ pub fn generate_api_key() -> GeneratedKey {
     }
 }
 
-/// What the database and snapshots hold for a key: hex SHA-256. A fast hash is right
-/// here (unlike passwords): keys have 256 bits of entropy, and the sidecar hashes on
-/// every request.
+/// What the database and snapshots hold for a key (see [`portcullis_wire::api_key`]).
 pub fn hash_api_key(key: &str) -> String {
-    sha256_hex(key.as_bytes())
+    portcullis_wire::api_key::hash_hex(key)
 }
 
 /// The part of a key that is safe to show.
@@ -56,12 +52,7 @@ pub fn display_prefix(key: &str) -> String {
 
 /// Hex SHA-256, used to notice that a Secret's content changed without keeping it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    portcullis_wire::api_key::to_hex(&Sha256::digest(bytes))
 }
 
 /// A random password for the bootstrap admin: 24 base62 characters (~143 bits).

@@ -6,8 +6,10 @@
 //! client: everything it knows arrives as a snapshot.
 //!
 //! Built so far (issue #4 is in progress): [`path`], the one normalization of request
-//! paths, and [`authz`], the compiled rule matcher and the authorization decision.
-//! The HTTP proxy, authentication, rate limits, CORS and metrics are not here yet.
+//! paths; [`authz`], the compiled rule matcher and the authorization decision;
+//! [`identity`], the snapshot indexed for authentication (API keys so far). The HTTP
+//! proxy, TLS, JWT, rate limits, CORS and metrics are not here yet.
 
 pub mod authz;
+pub mod identity;
 pub mod path;

@@ -75,6 +75,8 @@ pub struct ApiKeyEntry {
     pub key_hash: String,
     /// First characters of the key, safe to show and log.
     pub prefix: String,
+    /// Namespace of the APIKey or Source the key belongs to.
+    pub namespace: String,
     pub owner_kind: OwnerKind,
     pub owner_name: String,
     pub scopes: Vec<String>,

@@ -102,6 +102,7 @@ impl Store {
                 decode_api_key(row).map(|k| ApiKeyEntry {
                     key_hash: k.key_hash,
                     prefix: k.prefix,
+                    namespace: k.namespace,
                     owner_kind: k.owner_kind,
                     owner_name: k.owner_name,
                     scopes: k.scopes,
