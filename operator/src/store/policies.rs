@@ -1,19 +1,11 @@
-use portcullis_wire::{ApiVersions, Cors, LabelSelector, PolicyRule};
+use portcullis_wire::{ApiVersions, Cors, PolicyRule};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Result, Store, WriteOutcome, from_json, to_json, unix_now};
 
-/// An AccessPolicy as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRow {
-    pub namespace: String,
-    pub name: String,
-    pub pod_selector: LabelSelector,
-    pub rules: Vec<PolicyRule>,
-    pub cors: Option<Cors>,
-    pub api_versions: Option<ApiVersions>,
-}
+/// An AccessPolicy as the database holds it: exactly what a snapshot carries.
+pub type PolicyRow = portcullis_wire::PolicyEntry;
 
 /// The `spec` column: what the sidecar enforces besides the selector.
 #[derive(Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use portcullis_wire::{ApiKeyEntry, PolicyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};
+use portcullis_wire::{ApiKeyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};
 use sqlx::Row;
 
 use super::api_keys::{decode_api_key, select_keys};
@@ -140,16 +140,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?
             .iter()
-            .map(|row| {
-                decode_policy(row).map(|p| PolicyEntry {
-                    namespace: p.namespace,
-                    name: p.name,
-                    pod_selector: p.pod_selector,
-                    rules: p.rules,
-                    cors: p.cors,
-                    api_versions: p.api_versions,
-                })
-            })
+            .map(decode_policy)
             .collect::<Result<Vec<_>>>()?;
 
         tx.commit().await?;
