@@ -7,9 +7,11 @@
 //!
 //! Built so far (issue #4 is in progress): [`path`], the one normalization of request
 //! paths; [`authz`], the compiled rule matcher and the authorization decision;
-//! [`identity`], the snapshot indexed for authentication (API keys so far). The HTTP
-//! proxy, TLS, JWT, rate limits, CORS and metrics are not here yet.
+//! [`identity`], the snapshot indexed for authentication (API keys so far);
+//! [`ratelimit`], token buckets per identity and rule. The HTTP proxy, TLS, JWT, CORS
+//! and metrics are not here yet.
 
 pub mod authz;
 pub mod identity;
 pub mod path;
+pub mod ratelimit;

@@ -1,0 +1,141 @@
+//! Token buckets per (identity, rule): `requestsPerSecond` sustained, `burst` at once.
+//! A refused request learns when a token will be there (`Retry-After`).
+//!
+//! Buckets live in a sharded map so that concurrent requests rarely wait on one lock,
+//! and the map is bounded: when a shard is full, buckets that have refilled completely
+//! (they carry no state a new bucket would not) are dropped first.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use portcullis_wire::RateLimit;
+
+const SHARDS: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// The rate limiter of one sidecar.
+pub struct Limiter {
+    shards: Vec<Mutex<HashMap<(String, String), Bucket>>>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+impl Limiter {
+    /// A limiter holding at most about `max_buckets` buckets.
+    pub fn new(max_buckets: usize) -> Limiter {
+        Limiter {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: max_buckets.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Takes a token for `identity` under `rule`'s `limit` at `now`, or says how long
+    /// until one is there.
+    pub fn check(&self, identity: &str, rule: &str, limit: &RateLimit, now: Instant) -> Result<(), Duration> {
+        let rate = f64::from(limit.requests_per_second.max(1));
+        let burst = f64::from(limit.burst.unwrap_or(limit.requests_per_second).max(1));
+        let key = (identity.to_string(), rule.to_string());
+        let mut hasher = self.hasher.build_hasher();
+        key.hash(&mut hasher);
+        let shard = &self.shards[(hasher.finish() as usize) % SHARDS];
+        let mut buckets = match shard.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if buckets.len() >= self.per_shard && !buckets.contains_key(&key) {
+            // Full buckets hold nothing a fresh bucket would not: forget them first.
+            buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst);
+            if buckets.len() >= self.per_shard {
+                // Still full of active callers: refuse rather than grow without bound.
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+/// `Retry-After` in whole seconds, never 0 (a client told 0 would retry at once).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(rps: u32, burst: Option<u32>) -> RateLimit {
+        RateLimit {
+            requests_per_second: rps,
+            burst,
+        }
+    }
+
+    #[test]
+    fn burst_then_refill_at_the_sustained_rate() {
+        let limiter = Limiter::new(1000);
+        let t0 = Instant::now();
+        let l = limit(2, Some(4));
+        for _ in 0..4 {
+            assert!(limiter.check("bob", "read", &l, t0).is_ok());
+        }
+        let wait = limiter.check("bob", "read", &l, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        assert_eq!(retry_after_secs(wait), 1);
+        // Half a second later one token is back, not more.
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(limiter.check("bob", "read", &l, t1).is_ok());
+        assert!(limiter.check("bob", "read", &l, t1).is_err());
+        // Other identities and other rules have buckets of their own.
+        assert!(limiter.check("alice", "read", &l, t1).is_ok());
+        assert!(limiter.check("bob", "write", &l, t1).is_ok());
+    }
+
+    #[test]
+    fn burst_defaults_to_the_rate_and_a_bucket_never_overfills() {
+        let limiter = Limiter::new(1000);
+        let t0 = Instant::now();
+        let l = limit(3, None);
+        let later = t0 + Duration::from_secs(3600);
+        let allowed = (0..10).filter(|_| limiter.check("k", "r", &l, later).is_ok()).count();
+        assert_eq!(allowed, 3);
+    }
+
+    #[test]
+    fn the_map_stays_bounded() {
+        let limiter = Limiter::new(SHARDS); // one bucket per shard
+        let t0 = Instant::now();
+        let l = limit(1, Some(1));
+        let mut refused = 0;
+        for i in 0..200 {
+            if limiter.check(&format!("caller-{i}"), "r", &l, t0).is_err() {
+                refused += 1;
+            }
+        }
+        let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS, "{held} buckets held");
+        assert!(refused > 0, "active callers beyond the bound are refused, not stored");
+        // Once buckets have refilled they are forgotten to make room.
+        let later = t0 + Duration::from_secs(10);
+        assert!((0..200).any(|i| limiter.check(&format!("new-{i}"), "r", &l, later).is_ok()));
+    }
+}
