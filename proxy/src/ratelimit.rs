@@ -6,7 +6,7 @@
 //! (they carry no state a new bucket would not) are dropped first.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,7 @@ impl Limiter {
         let rate = f64::from(limit.requests_per_second.max(1));
         let burst = f64::from(limit.burst.unwrap_or(limit.requests_per_second).max(1));
         let key = (identity.to_string(), rule.to_string());
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        let shard = &self.shards[(hasher.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % SHARDS];
         let mut buckets = match shard.lock() {
             Ok(b) => b,
             Err(poisoned) => poisoned.into_inner(),
