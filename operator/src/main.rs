@@ -291,7 +291,14 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         for status in &statuses {
             println!("{status}");
         }
-        println!("revision {}", store.revision().await?);
+        let snapshot = store.read_snapshot(jiff::Timestamp::now().as_second()).await?;
+        local::save_snapshot(&state_dir, &snapshot)
+            .map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
+        println!(
+            "revision {} (snapshot in {}/snapshot.json)",
+            snapshot.revision,
+            state_dir.display()
+        );
         if once {
             return if problems.is_empty() {
                 Ok(())

@@ -132,6 +132,7 @@ fn policy() -> PolicyRow {
             require_scopes: vec!["read".into()],
             require_roles: vec![],
             require_team_role: None,
+            allow_api_key_in_query: false,
             rate_limit: Some(RateLimit {
                 requests_per_second: 10,
                 burst: None,

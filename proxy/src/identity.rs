@@ -1,24 +1,32 @@
 //! Who a request is: the snapshot indexed for authentication. Built once per snapshot,
 //! so the per-request work is a hash and a map lookup.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use portcullis_wire::api_key;
-use portcullis_wire::{ApiKeyEntry, OwnerKind, Snapshot, TeamRole};
+use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole};
 
 use crate::authz::Identity;
+use crate::tls::CertIdentity;
+
+/// Longest credential value looked at; longer ones are refused unread.
+const MAX_KEY_LEN: usize = 256;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `user:<name>` or `source:<namespace>/<name>`.
+    /// `user:<name>` or `source:<namespace>/<name>`; also the rate-limit key.
     pub subject: String,
+    /// The user's name, or the source's.
+    pub name: String,
     pub email: Option<String>,
     pub roles: Vec<String>,
     pub scopes: Vec<String>,
     pub teams: Vec<(String, TeamRole)>,
-    /// Display prefix of the key used, safe to log.
-    pub key_prefix: String,
+    /// Display prefix of the API key used, safe to log.
+    pub key_prefix: Option<String>,
+    /// A source's own rate limit, applied on top of the rule's.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Principal {
@@ -40,6 +48,8 @@ pub enum Refusal {
     Revoked,
     OwnerDisabled,
     OwnerUnknown,
+    /// A certificate that names both a user and a source, or several users.
+    Ambiguous,
 }
 
 impl Refusal {
@@ -52,6 +62,7 @@ impl Refusal {
             Refusal::Revoked => "revoked",
             Refusal::OwnerDisabled => "owner_disabled",
             Refusal::OwnerUnknown => "owner_unknown",
+            Refusal::Ambiguous => "ambiguous",
         }
     }
 }
@@ -64,12 +75,19 @@ struct UserInfo {
     teams: Vec<(String, TeamRole)>,
 }
 
+struct SourceInfo {
+    enabled: bool,
+    rate_limit: Option<RateLimit>,
+}
+
 /// The snapshot, indexed.
 pub struct Directory {
     keys: HashMap<[u8; 32], ApiKeyEntry>,
     users: HashMap<String, UserInfo>,
-    /// (namespace, name) → enabled
-    sources: HashMap<(String, String), bool>,
+    /// lower-cased e-mail → user name
+    emails: HashMap<String, String>,
+    sources: HashMap<(String, String), SourceInfo>,
+    revoked_sessions: HashSet<String>,
 }
 
 impl Directory {
@@ -100,6 +118,11 @@ impl Directory {
                 (u.name.clone(), info)
             })
             .collect();
+        let emails = snapshot
+            .users
+            .iter()
+            .map(|u| (u.email.to_ascii_lowercase(), u.name.clone()))
+            .collect();
         let keys = snapshot
             .api_keys
             .iter()
@@ -108,15 +131,28 @@ impl Directory {
         let sources = snapshot
             .sources
             .iter()
-            .map(|s| ((s.namespace.clone(), s.name.clone()), s.enabled))
+            .map(|s| {
+                let info = SourceInfo {
+                    enabled: s.enabled,
+                    rate_limit: s.rate_limit.clone(),
+                };
+                ((s.namespace.clone(), s.name.clone()), info)
+            })
             .collect();
-        Directory { keys, users, sources }
+        let revoked_sessions = snapshot.revoked_sessions.iter().cloned().collect();
+        Directory {
+            keys,
+            users,
+            emails,
+            sources,
+            revoked_sessions,
+        }
     }
 
-    /// Authenticates an `X-API-Key` value at `now` (Unix seconds). The key is hashed
-    /// and looked up by hash; the stored hash is then compared in constant time.
+    /// Authenticates an API key at `now` (Unix seconds). The key is hashed and looked
+    /// up by hash; the stored hash is then compared in constant time.
     pub fn api_key(&self, presented: &str, now: i64) -> Result<Principal, Refusal> {
-        if !presented.starts_with(api_key::PREFIX) || presented.len() > 128 {
+        if presented.is_empty() || presented.len() > MAX_KEY_LEN || !presented.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Refusal::Malformed);
         }
         let digest = api_key::digest(presented);
@@ -130,44 +166,103 @@ impl Directory {
         if entry.expires_at.is_some_and(|at| at <= now) {
             return Err(Refusal::Expired);
         }
-        match entry.owner_kind {
+        let mut principal = match entry.owner_kind {
             OwnerKind::User => {
-                let user = self.users.get(&entry.owner_name).ok_or(Refusal::OwnerUnknown)?;
-                if user.disabled {
-                    return Err(Refusal::OwnerDisabled);
-                }
+                let mut user = self.user(&entry.owner_name)?;
                 // A key never holds more than its owner holds now.
-                let scopes = entry
-                    .scopes
-                    .iter()
-                    .filter(|s| user.scopes.contains(*s))
-                    .cloned()
-                    .collect();
-                Ok(Principal {
-                    subject: format!("user:{}", entry.owner_name),
-                    email: Some(user.email.clone()),
-                    roles: user.roles.clone(),
-                    scopes,
-                    teams: user.teams.clone(),
-                    key_prefix: entry.prefix.clone(),
-                })
+                user.scopes.retain(|s| entry.scopes.contains(s));
+                user
             }
-            OwnerKind::Source => {
-                let namespace = &entry.namespace;
-                match self.sources.get(&(namespace.clone(), entry.owner_name.clone())) {
-                    None => Err(Refusal::OwnerUnknown),
-                    Some(false) => Err(Refusal::OwnerDisabled),
-                    Some(true) => Ok(Principal {
-                        subject: format!("source:{namespace}/{}", entry.owner_name),
-                        email: None,
-                        roles: Vec::new(),
-                        scopes: entry.scopes.clone(),
-                        teams: Vec::new(),
-                        key_prefix: entry.prefix.clone(),
-                    }),
-                }
+            OwnerKind::Source => Principal {
+                scopes: entry.scopes.clone(),
+                ..self.source(&entry.namespace, &entry.owner_name)?
+            },
+        };
+        principal.key_prefix = Some(entry.prefix.clone());
+        Ok(principal)
+    }
+
+    /// The user called `name`, with the roles, scopes and teams the snapshot gives them.
+    pub fn user(&self, name: &str) -> Result<Principal, Refusal> {
+        let user = self.users.get(name).ok_or(Refusal::OwnerUnknown)?;
+        if user.disabled {
+            return Err(Refusal::OwnerDisabled);
+        }
+        Ok(Principal {
+            subject: format!("user:{name}"),
+            name: name.to_string(),
+            email: Some(user.email.clone()),
+            roles: user.roles.clone(),
+            scopes: user.scopes.iter().cloned().collect(),
+            teams: user.teams.clone(),
+            key_prefix: None,
+            rate_limit: None,
+        })
+    }
+
+    /// The source `namespace/name`. Sources hold no roles; their scopes come with their keys.
+    pub fn source(&self, namespace: &str, name: &str) -> Result<Principal, Refusal> {
+        match self.sources.get(&(namespace.to_string(), name.to_string())) {
+            None => Err(Refusal::OwnerUnknown),
+            Some(info) if !info.enabled => Err(Refusal::OwnerDisabled),
+            Some(info) => Ok(Principal {
+                subject: format!("source:{namespace}/{name}"),
+                name: name.to_string(),
+                email: None,
+                roles: Vec::new(),
+                scopes: Vec::new(),
+                teams: Vec::new(),
+                key_prefix: None,
+                rate_limit: info.rate_limit.clone(),
+            }),
+        }
+    }
+
+    /// Whether a refresh-token session (an access token's `sid`) has been revoked.
+    pub fn session_revoked(&self, session: &str) -> bool {
+        self.revoked_sessions.contains(session)
+    }
+
+    /// Maps a verified client certificate to a user or a source of `namespace`:
+    /// an e-mail SAN names a user by e-mail; a URI SAN `portcullis:user:<name>` or
+    /// `portcullis:source:<namespace>/<name>` names either explicitly; otherwise DNS SANs
+    /// and the CN are tried as a user name, then as a source of this namespace. A
+    /// certificate whose names lead to two different principals is refused, not guessed.
+    pub fn certificate(&self, cert: &CertIdentity, namespace: &str) -> Result<Principal, Refusal> {
+        let mut candidates: Vec<Result<Principal, Refusal>> = Vec::new();
+        for email in &cert.emails {
+            let user = self
+                .emails
+                .get(&email.to_ascii_lowercase())
+                .ok_or(Refusal::OwnerUnknown);
+            candidates.push(user.and_then(|name| self.user(name)));
+        }
+        for uri in &cert.uris {
+            if let Some(name) = uri.strip_prefix("portcullis:user:") {
+                candidates.push(self.user(name));
+            } else if let Some((ns, name)) = uri.strip_prefix("portcullis:source:").and_then(|r| r.split_once('/')) {
+                candidates.push(self.source(ns, name));
             }
         }
+        if !candidates.iter().any(Result::is_ok) {
+            for name in cert.dns_names.iter().chain(cert.common_name.iter()) {
+                candidates.push(self.user(name));
+                candidates.push(self.source(namespace, name));
+            }
+        }
+        let mut found: Option<Principal> = None;
+        for candidate in candidates {
+            match candidate {
+                Ok(p) => match &found {
+                    Some(existing) if existing.subject != p.subject => return Err(Refusal::Ambiguous),
+                    _ => found = Some(p),
+                },
+                // A disabled owner is a refusal, not a reason to try the next name.
+                Err(Refusal::OwnerDisabled) => return Err(Refusal::OwnerDisabled),
+                Err(_) => {}
+            }
+        }
+        found.ok_or(Refusal::Unknown)
     }
 }
 
@@ -277,8 +372,8 @@ mod tests {
                     rate_limit: None,
                 },
             ],
-            revoked_sessions: vec![],
-            policies: vec![],
+            revoked_sessions: vec!["s-revoked".into()],
+            ..Default::default()
         };
         Directory::new(&snapshot)
     }
@@ -300,11 +395,13 @@ mod tests {
     #[test]
     fn bad_keys_are_refused_with_a_reason() {
         let d = directory();
-        assert_eq!(d.api_key("not-a-key", NOW), Err(Refusal::Malformed));
+        assert_eq!(d.api_key("with space", NOW), Err(Refusal::Malformed));
+        assert_eq!(d.api_key("", NOW), Err(Refusal::Malformed));
         assert_eq!(
-            d.api_key(&format!("pck_{}", "x".repeat(200)), NOW),
+            d.api_key(&format!("pck_{}", "x".repeat(300)), NOW),
             Err(Refusal::Malformed)
         );
+        assert_eq!(d.api_key("not-a-key", NOW), Err(Refusal::Unknown));
         assert_eq!(d.api_key("pck_nope", NOW), Err(Refusal::Unknown));
         assert_eq!(d.api_key("pck_old", NOW), Err(Refusal::Expired));
         assert_eq!(d.api_key("pck_gone", NOW), Err(Refusal::Revoked));
@@ -332,5 +429,68 @@ mod tests {
         assert!(constant_time_eq(&a, &b));
         b[31] = 0;
         assert!(!constant_time_eq(&a, &b));
+    }
+
+    #[test]
+    fn certificates_map_to_one_principal_or_none() {
+        let d = directory();
+        let cert = |emails: &[&str], uris: &[&str], dns: &[&str], cn: Option<&str>| CertIdentity {
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            emails: emails.iter().map(|s| s.to_string()).collect(),
+            common_name: cn.map(str::to_string),
+        };
+        let by_email = d
+            .certificate(&cert(&["Bob@Example.com"], &[], &[], None), "shop")
+            .unwrap();
+        assert_eq!(
+            (by_email.subject.as_str(), by_email.scopes.as_slice()),
+            ("user:bob", &["read".to_string()][..])
+        );
+        assert_eq!(
+            d.certificate(&cert(&[], &[], &[], Some("bob")), "shop")
+                .unwrap()
+                .subject,
+            "user:bob"
+        );
+        let source = d.certificate(&cert(&[], &[], &["edge-syslog"], None), "shop").unwrap();
+        assert_eq!(source.subject, "source:shop/edge-syslog");
+        assert_eq!(
+            d.certificate(&cert(&[], &[], &["edge-syslog"], None), "other")
+                .unwrap_err(),
+            Refusal::Unknown
+        );
+        assert_eq!(
+            d.certificate(&cert(&[], &["portcullis:source:shop/edge-syslog"], &[], None), "x")
+                .unwrap()
+                .subject,
+            "source:shop/edge-syslog"
+        );
+        assert_eq!(
+            d.certificate(
+                &cert(&["bob@example.com"], &["portcullis:source:shop/edge-syslog"], &[], None),
+                "shop"
+            ),
+            Err(Refusal::Ambiguous)
+        );
+        assert_eq!(
+            d.certificate(&cert(&[], &[], &[], Some("eve")), "shop"),
+            Err(Refusal::OwnerDisabled)
+        );
+        assert_eq!(
+            d.certificate(&cert(&[], &[], &["stranger"], Some("nobody")), "shop"),
+            Err(Refusal::Unknown)
+        );
+        assert_eq!(
+            d.certificate(&cert(&[], &[], &[], Some("muted")), "shop"),
+            Err(Refusal::OwnerDisabled)
+        );
+    }
+
+    #[test]
+    fn revoked_sessions_are_known() {
+        let d = directory();
+        assert!(d.session_revoked("s-revoked"));
+        assert!(!d.session_revoked("s-live"));
     }
 }

@@ -15,4 +15,7 @@ pub use policy::{
     ApiVersion, ApiVersions, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PolicyRule, RateLimit,
     SelectorOperator, TeamRole,
 };
-pub use snapshot::{ApiKeyEntry, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};
+pub use snapshot::{
+    ApiKeyEntry, ClaimSource, JwtIssuer, JwtKey, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry,
+    TeamMembership, UserEntry,
+};

@@ -118,6 +118,10 @@ pub struct PolicyRule {
     /// Rate limit applied per identity to requests matching this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Also accept an API key in the `api_key` query parameter on this rule's routes.
+    /// Off by default: query strings end up in access logs and browser history.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_api_key_in_query: bool,
 }
 
 /// Cross-origin resource sharing; preflights are answered by the sidecar.

@@ -21,6 +21,72 @@ pub struct Snapshot {
     /// `sid` is listed here is refused even though its signature and `exp` are valid.
     pub revoked_sessions: Vec<String>,
     pub policies: Vec<PolicyEntry>,
+    /// Issuers whose JWTs are accepted, with their verification keys (a JWKS per issuer).
+    #[serde(default)]
+    pub jwt_issuers: Vec<JwtIssuer>,
+}
+
+/// An issuer of bearer JWTs: our own token service, or an external OIDC provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtIssuer {
+    /// Required value of the `iss` claim.
+    pub issuer: String,
+    /// The `aud` claim must hold one of these. Never empty: a token for another
+    /// audience is a token for another app.
+    pub audiences: Vec<String>,
+    /// Where the caller's roles, scopes and teams come from.
+    #[serde(default)]
+    pub claims: ClaimSource,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u32,
+    /// Verification keys (JWKS). A token's `alg` must equal its key's `alg`.
+    pub keys: Vec<JwtKey>,
+}
+
+fn default_leeway() -> u32 {
+    30
+}
+
+/// Where a verified token's identity comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimSource {
+    /// `sub` names a User in this snapshot; roles, scopes and teams are the user's now
+    /// (a role removed takes effect at once, not when the token expires). Our token service.
+    #[default]
+    Directory,
+    /// Roles from the `roles` claim, scopes from `scope` (space separated) or `scp`,
+    /// e-mail from `email`. External issuers.
+    Token,
+}
+
+/// One verification key, as a JWK (RFC 7517: `kid`, `alg`, `n`/`e`, `crv`/`x`/`y`, `k`),
+/// or as PEM (`pem`, our extension, for keys configured from files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtKey {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `PS256`, `ES256`, `ES384` or `EdDSA`.
+    pub alg: String,
+    /// SPKI public key in PEM (RS*, PS*, ES*, EdDSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+    /// RSA modulus and exponent, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+    /// EC / OKP curve and coordinates, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// HMAC secret, base64url (HS*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -551,6 +551,17 @@ pub fn save_secrets(state: &Path, secrets: &BTreeMap<(String, String), Secret>) 
     Ok(())
 }
 
+/// Writes the policy snapshot a sidecar reads with `--snapshot-file` (until the control
+/// plane serves snapshots over HTTP): to a temporary file renamed into place, so a
+/// sidecar watching it never reads half a file.
+pub fn save_snapshot(state: &Path, snapshot: &portcullis_wire::Snapshot) -> std::io::Result<()> {
+    let path = state.join("snapshot.json");
+    let tmp = state.join("snapshot.json.tmp");
+    let bytes = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
+    write_private(&tmp, &bytes)?;
+    std::fs::rename(tmp, path)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]

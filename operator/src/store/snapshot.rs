@@ -153,6 +153,9 @@ impl Store {
             sources,
             revoked_sessions,
             policies,
+            // The token service's signing keys join the snapshot with the control-plane issue;
+            // until then issuers reach a sidecar through a snapshot file.
+            jwt_issuers: Vec::new(),
         })
     }
 }

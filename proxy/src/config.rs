@@ -1,0 +1,183 @@
+//! Command line and environment: every limit and timeout is a flag with a safe default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::net::Cidr;
+use crate::tls::ClientAuth;
+
+/// Portcullis sidecar: authentication, authorization, rate limits, CORS and metrics in front of an app.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portcullis-proxy", version)]
+pub struct Config {
+    /// Plain HTTP listener (HTTP/1.1 and h2c).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// TLS listener (HTTP/1.1 and h2 by ALPN); needs --tls-cert and --tls-key.
+    #[arg(long, env = "PORTCULLIS_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", requires = "tls_listen")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates: on the TLS listener, and for X-Client-Cert.
+    #[arg(long, env = "PORTCULLIS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Client certificates on the TLS listener: none, optional or required.
+    #[arg(long, env = "PORTCULLIS_CLIENT_AUTH", default_value = "none")]
+    pub client_auth: ClientAuth,
+    /// Admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+
+    /// The app, on localhost (e.g. http://127.0.0.1:3000).
+    #[arg(long, env = "PORTCULLIS_UPSTREAM")]
+    pub upstream: String,
+    /// HTTP version towards the app: auto (gRPC over h2c, the rest HTTP/1.1), http1 or http2.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_PROTOCOL", default_value = "auto")]
+    pub upstream_protocol: crate::forward::UpstreamProtocol,
+    /// Longest wait for the app's response headers before answering 504.
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "30", value_parser = seconds)]
+    pub upstream_timeout: Duration,
+
+    /// Policy snapshot from a JSON file, re-read when it changes.
+    #[arg(long, env = "PORTCULLIS_SNAPSHOT_FILE", conflicts_with = "control_plane")]
+    pub snapshot_file: Option<PathBuf>,
+    /// Policy snapshots from the control plane (long poll), e.g. http://portcullis.portcullis-system:8081.
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Bearer token presented to the control plane (a projected service-account token in a cluster).
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_TOKEN_FILE")]
+    pub control_plane_token_file: Option<PathBuf>,
+    /// The pod's namespace: AccessPolicies of this namespace apply.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The pod's labels (`key=value`, repeatable), matched against AccessPolicy pod selectors.
+    #[arg(long = "pod-label", env = "PORTCULLIS_POD_LABELS", value_delimiter = ',', value_parser = label)]
+    pub pod_labels: Vec<(String, String)>,
+
+    /// Peers whose X-Forwarded-For and X-Client-Cert are believed (CIDR, repeatable). None by default.
+    #[arg(long = "trusted-proxy", env = "PORTCULLIS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Largest request head (request line and headers), bytes.
+    #[arg(long, env = "PORTCULLIS_MAX_HEADER_BYTES", default_value = "16384")]
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    #[arg(long, env = "PORTCULLIS_MAX_HEADERS", default_value = "100")]
+    pub max_headers: usize,
+    /// Largest request body, bytes (413 beyond).
+    #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", default_value = "10485760")]
+    pub max_body_bytes: u64,
+    /// Time a client has to send a request head (slowloris), seconds.
+    #[arg(long, env = "PORTCULLIS_HEADER_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub header_timeout: Duration,
+    /// A connection that moves no byte for this long is closed, seconds.
+    #[arg(long, env = "PORTCULLIS_IDLE_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub idle_timeout: Duration,
+    /// Most open client connections; more are closed at once.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value = "10000")]
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "PORTCULLIS_MAX_STREAMS", default_value = "256")]
+    pub max_concurrent_streams: u32,
+    /// Time open requests get to finish after SIGTERM, seconds.
+    #[arg(long, env = "PORTCULLIS_DRAIN_TIMEOUT", default_value = "25", value_parser = seconds)]
+    pub drain_timeout: Duration,
+
+    /// Verified JWTs remembered (until each expires).
+    #[arg(long, env = "PORTCULLIS_JWT_CACHE_SIZE", default_value = "65536")]
+    pub jwt_cache_size: usize,
+    /// Rate-limit buckets remembered.
+    #[arg(long, env = "PORTCULLIS_RATE_LIMIT_BUCKETS", default_value = "100000")]
+    pub rate_limit_buckets: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "PORTCULLIS_WORKERS")]
+    pub workers: Option<usize>,
+    /// Log filter (tracing syntax), e.g. info or portcullis_proxy=debug.
+    #[arg(long, env = "PORTCULLIS_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+impl Config {
+    /// Checks what clap cannot: combinations of flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.snapshot_file.is_none() && self.control_plane.is_none() {
+            return Err("no policy source: give --snapshot-file or --control-plane".into());
+        }
+        if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("--tls-listen needs --tls-cert and --tls-key".into());
+        }
+        if self.client_auth != ClientAuth::None && self.client_ca.is_none() {
+            return Err("--client-auth optional|required needs --client-ca".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("--max-header-bytes must be at least 8192".into());
+        }
+        crate::forward::upstream_authority(&self.upstream)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe_and_combinations_checked() {
+        let c =
+            Config::try_parse_from(["p", "--upstream", "http://127.0.0.1:3000", "--snapshot-file", "s.json"]).unwrap();
+        assert_eq!(c.client_auth, ClientAuth::None);
+        assert!(c.trusted_proxies.is_empty(), "no proxy is trusted by default");
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        c.validate().unwrap();
+
+        let no_source = Config::try_parse_from(["p", "--upstream", "http://127.0.0.1:3000"]).unwrap();
+        assert!(no_source.validate().unwrap_err().contains("no policy source"));
+        let bad = Config::try_parse_from(["p", "--upstream", "x", "--snapshot-file", "s", "--idle-timeout", "-1"]);
+        assert!(bad.is_err());
+        let mtls = Config::try_parse_from([
+            "p",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--snapshot-file",
+            "s",
+            "--client-auth",
+            "required",
+        ])
+        .unwrap();
+        assert!(mtls.validate().unwrap_err().contains("--client-ca"));
+        let labels = Config::try_parse_from([
+            "p",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--snapshot-file",
+            "s",
+            "--pod-label",
+            "app=api,tier=web",
+        ])
+        .unwrap();
+        assert_eq!(
+            labels.pod_labels,
+            [("app".into(), "api".into()), ("tier".into(), "web".into())]
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The way to the app: pooled keep-alive connections over HTTP/1.1 and h2c, hop-by-hop
+//! headers removed, upgrades (WebSocket) spliced after the app agrees.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::Body;
+
+/// HTTP version spoken to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// gRPC (`content-type: application/grpc*`) over h2c, everything else over HTTP/1.1:
+    /// what an app that serves both on one port expects.
+    Auto,
+    Http1,
+    Http2,
+}
+
+impl FromStr for UpstreamProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(UpstreamProtocol::Auto),
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "http2" => Ok(UpstreamProtocol::Http2),
+            other => Err(format!("{other:?}: expected auto, http1 or http2")),
+        }
+    }
+}
+
+/// Parses the upstream URL: `http://host:port`, nothing else (the app is on localhost;
+/// TLS to it would only cost).
+pub fn upstream_authority(url: &str) -> Result<Authority, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("--upstream {url:?}: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!(
+            "--upstream {url:?}: only http:// is supported (the app is on localhost)"
+        ));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err(format!("--upstream {url:?}: give scheme, host and port only"));
+    }
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| format!("--upstream {url:?}: missing host"))
+}
+
+/// Why the app did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
+}
+
+pub struct Upstream {
+    authority: Authority,
+    protocol: UpstreamProtocol,
+    timeout: Duration,
+    http1: Client<HttpConnector, Body>,
+    http2: Client<HttpConnector, Body>,
+}
+
+impl Upstream {
+    pub fn new(url: &str, protocol: UpstreamProtocol, timeout: Duration) -> Result<Upstream, String> {
+        let authority = upstream_authority(url)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .http2_only(h2)
+                .build(connector.clone())
+        };
+        Ok(Upstream {
+            authority,
+            protocol,
+            timeout,
+            http1: client(false),
+            http2: client(true),
+        })
+    }
+
+    fn wants_http2(&self, request: &Request<Body>) -> bool {
+        match self.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => {
+                request.version() == Version::HTTP_2
+                    && request
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+            }
+        }
+    }
+
+    /// Sends `request` (its URI holding the canonical path and query) to the app and
+    /// waits at most the upstream timeout for the response head.
+    pub async fn send(
+        &self,
+        mut request: Request<Body>,
+        path_and_query: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let h2 = self.wants_http2(&request);
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| UpstreamError::Protocol)?;
+        *request.uri_mut() = uri;
+        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        if h2 {
+            // Host becomes :authority; a Host header beside it is a protocol error in h2.
+            request.headers_mut().remove(header::HOST);
+        }
+        let client = if h2 { &self.http2 } else { &self.http1 };
+        match tokio::time::timeout(self.timeout, client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect),
+            Ok(Err(_)) => Err(UpstreamError::Protocol),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus
+/// any header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRAILER,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
+pub fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| request.headers().get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Once the app answered 101, splices the client's connection to the app's.
+pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, app: &mut Response<Incoming>) {
+    if app.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let app_side = hyper::upgrade::on(app);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(app)) = tokio::join!(client, app_side) else {
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut app = TokioIo::new(app);
+        // Ends when either side closes; errors are the peers' to see.
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_is_plain_http_host_and_port() {
+        assert_eq!(
+            upstream_authority("http://127.0.0.1:3000").unwrap().as_str(),
+            "127.0.0.1:3000"
+        );
+        assert!(upstream_authority("https://127.0.0.1:3000").is_err());
+        assert!(upstream_authority("http://127.0.0.1:3000/api").is_err());
+        assert!(upstream_authority("127.0.0.1:3000").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(grpc[header::TE], "trailers");
+    }
+}

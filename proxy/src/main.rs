@@ -1,0 +1,74 @@
+//! `portcullis-proxy`: parses the configuration, sets up logs and the runtime, runs the
+//! listeners until SIGTERM or Ctrl-C, then drains.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use portcullis_proxy::config::Config;
+use portcullis_proxy::server;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(why) = config.validate() {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
+    // JSON only: the sidecar's logs go to a pipeline, never to a person's terminal first.
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(EnvFilter::new(&config.log))
+        .with_writer(std::io::stdout)
+        .init();
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match server::start(&config).await {
+            Ok(running) => running,
+            Err(why) => {
+                error!(error = %why, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        shutdown_signal().await;
+        info!("shutting down: draining connections");
+        running.shutdown().await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = ctrl_c => {}
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

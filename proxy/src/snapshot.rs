@@ -1,0 +1,307 @@
+//! The snapshot in force: compiled once per revision and swapped atomically, so a
+//! request reads one consistent view without taking a lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use arc_swap::ArcSwapOption;
+use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PolicyRule, Snapshot};
+
+use crate::authz::Matcher;
+use crate::identity::Directory;
+use crate::jwt::Verifier;
+
+/// The pod the sidecar guards: which AccessPolicies apply to it.
+#[derive(Debug, Clone, Default)]
+pub struct Pod {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One snapshot, ready to answer requests.
+pub struct Compiled {
+    pub revision: i64,
+    pub directory: Directory,
+    pub matcher: Matcher,
+    pub cors: Option<Cors>,
+    /// Deprecated API versions, longest prefix first.
+    pub deprecated: Vec<ApiVersion>,
+    pub jwt: Arc<Verifier>,
+    /// Names of the AccessPolicies in force, for logs.
+    pub policies: Vec<String>,
+    jwt_issuers: Vec<JwtIssuer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("AccessPolicy {policy}: rule {rule}: bad path glob {glob:?}")]
+    BadGlob { policy: String, rule: String, glob: String },
+    #[error("snapshot revision {new} is older than revision {current} in force")]
+    Stale { new: i64, current: i64 },
+}
+
+impl Compiled {
+    /// Compiles `snapshot` for `pod`. The JWT verifier (and its cache of verified
+    /// tokens) is carried over from `previous` only when the issuers and keys are the
+    /// same, so a cached verification can never outlive the keys it was made with.
+    /// Returns problems that did not prevent compiling (unusable JWT keys) beside it.
+    pub fn build(
+        snapshot: &Snapshot,
+        pod: &Pod,
+        previous: Option<&Compiled>,
+        jwt_cache: usize,
+    ) -> Result<(Compiled, Vec<String>), SnapshotError> {
+        // Policies of this pod, in name order; their rules are tried in that order.
+        let mut policies: Vec<_> = snapshot
+            .policies
+            .iter()
+            .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
+            .collect();
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rules: Vec<PolicyRule> = Vec::new();
+        for policy in &policies {
+            Matcher::compile(&policy.rules).map_err(|bad| SnapshotError::BadGlob {
+                policy: policy.name.clone(),
+                rule: bad.rule,
+                glob: bad.glob,
+            })?;
+            rules.extend(policy.rules.iter().cloned());
+        }
+        let matcher = Matcher::compile(&rules).map_err(|bad| SnapshotError::BadGlob {
+            policy: String::new(),
+            rule: bad.rule,
+            glob: bad.glob,
+        })?;
+        let cors = policies.iter().find_map(|p| p.cors.clone());
+        let mut deprecated: Vec<ApiVersion> = policies
+            .iter()
+            .filter_map(|p| p.api_versions.as_ref())
+            .flat_map(|v| v.deprecated.iter().cloned())
+            .collect();
+        deprecated.sort_by_key(|v| std::cmp::Reverse(v.prefix.len()));
+
+        let mut problems = Vec::new();
+        let jwt = match previous {
+            Some(prev) if prev.jwt_issuers == snapshot.jwt_issuers => prev.jwt.clone(),
+            _ => {
+                let (verifier, issues) = Verifier::new(&snapshot.jwt_issuers, jwt_cache);
+                problems.extend(issues);
+                Arc::new(verifier)
+            }
+        };
+        let compiled = Compiled {
+            revision: snapshot.revision,
+            directory: Directory::new(snapshot),
+            matcher,
+            cors,
+            deprecated,
+            jwt,
+            policies: policies.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+            jwt_issuers: snapshot.jwt_issuers.clone(),
+        };
+        Ok((compiled, problems))
+    }
+
+    /// The deprecated API version a normalized path falls under.
+    pub fn deprecated_version(&self, path: &str) -> Option<&ApiVersion> {
+        self.deprecated.iter().find(|v| {
+            let prefix = v.prefix.trim_end_matches('/');
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+}
+
+/// The snapshot in force, shared by every connection.
+#[derive(Default)]
+pub struct Current {
+    compiled: ArcSwapOption<Compiled>,
+    /// Unix seconds of the last time the source confirmed the snapshot (new or unchanged).
+    confirmed_at: AtomicI64,
+}
+
+impl Current {
+    /// What requests see; `None` until a first snapshot arrives (requests then get 503).
+    pub fn load(&self) -> Option<Arc<Compiled>> {
+        self.compiled.load_full()
+    }
+
+    /// Compiles and swaps in `snapshot`. A snapshot older than the one in force is
+    /// refused (a control plane restored from backup must not roll revocations back
+    /// silently); one that does not compile leaves the last good one in force.
+    pub fn install(&self, snapshot: &Snapshot, pod: &Pod, jwt_cache: usize) -> Result<Vec<String>, SnapshotError> {
+        let previous = self.load();
+        if let Some(prev) = &previous
+            && snapshot.revision < prev.revision
+        {
+            return Err(SnapshotError::Stale {
+                new: snapshot.revision,
+                current: prev.revision,
+            });
+        }
+        let (compiled, problems) = Compiled::build(snapshot, pod, previous.as_deref(), jwt_cache)?;
+        self.compiled.store(Some(Arc::new(compiled)));
+        self.confirm();
+        Ok(problems)
+    }
+
+    /// Records that the source still says the snapshot in force is current.
+    pub fn confirm(&self) {
+        self.confirmed_at.store(crate::unix_now(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the snapshot in force was last confirmed (fail-static staleness).
+    pub fn age_seconds(&self) -> Option<i64> {
+        self.load()?;
+        Some(crate::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_wire::{ApiVersions, JwtKey, LabelSelector, PolicyEntry};
+
+    use super::*;
+
+    fn policy(name: &str, selector: &str, rules: &str) -> PolicyEntry {
+        PolicyEntry {
+            namespace: "shop".into(),
+            name: name.into(),
+            pod_selector: serde_json::from_str::<LabelSelector>(selector).unwrap(),
+            rules: serde_json::from_str(rules).unwrap(),
+            cors: None,
+            api_versions: None,
+        }
+    }
+
+    fn pod() -> Pod {
+        Pod {
+            namespace: "shop".into(),
+            labels: [("app".to_string(), "api".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn only_this_pods_policies_apply_in_name_order() {
+        let snapshot = Snapshot {
+            revision: 3,
+            policies: vec![
+                policy("b-second", "{}", r#"[{"name":"b","paths":["/x"],"public":true}]"#),
+                policy(
+                    "a-first",
+                    r#"{"matchLabels":{"app":"api"}}"#,
+                    r#"[{"name":"a","paths":["/x"]}]"#,
+                ),
+                policy(
+                    "other-app",
+                    r#"{"matchLabels":{"app":"web"}}"#,
+                    r#"[{"name":"w","paths":["/**"]}]"#,
+                ),
+                PolicyEntry {
+                    namespace: "elsewhere".into(),
+                    ..policy("z", "{}", r#"[{"name":"z","paths":["/**"],"public":true}]"#)
+                },
+            ],
+            ..Default::default()
+        };
+        let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
+        assert_eq!(compiled.policies, ["shop/a-first", "shop/b-second"]);
+        let (path, _) = crate::path::normalize("/x").unwrap();
+        let (rule, _) = compiled.matcher.find(portcullis_wire::HttpMethod::Get, &path).unwrap();
+        assert_eq!(rule.name, "a");
+        let (anything, _) = crate::path::normalize("/y").unwrap();
+        assert!(
+            compiled
+                .matcher
+                .find(portcullis_wire::HttpMethod::Get, &anything)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_bad_or_older_snapshot_leaves_the_last_good_one_in_force() {
+        let current = Current::default();
+        assert!(current.load().is_none() && current.age_seconds().is_none());
+        let good = Snapshot {
+            revision: 5,
+            policies: vec![policy("p", "{}", r#"[{"name":"a","paths":["/x"]}]"#)],
+            ..Default::default()
+        };
+        current.install(&good, &pod(), 16).unwrap();
+        let bad = Snapshot {
+            revision: 6,
+            policies: vec![policy("p", "{}", r#"[{"name":"a","paths":["/x/**/y"]}]"#)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            current.install(&bad, &pod(), 16),
+            Err(SnapshotError::BadGlob { .. })
+        ));
+        let older = Snapshot {
+            revision: 4,
+            ..good.clone()
+        };
+        assert!(matches!(
+            current.install(&older, &pod(), 16),
+            Err(SnapshotError::Stale { .. })
+        ));
+        assert_eq!(current.load().unwrap().revision, 5);
+    }
+
+    #[test]
+    fn the_jwt_verifier_survives_only_an_unchanged_key_set() {
+        let issuer = |secret: &str| JwtIssuer {
+            issuer: "iss".into(),
+            audiences: vec!["app".into()],
+            claims: Default::default(),
+            leeway_seconds: 30,
+            keys: vec![JwtKey {
+                alg: "HS256".into(),
+                k: Some(secret.into()),
+                ..Default::default()
+            }],
+        };
+        let current = Current::default();
+        let snap = |rev, secret| Snapshot {
+            revision: rev,
+            jwt_issuers: vec![issuer(secret)],
+            ..Default::default()
+        };
+        current.install(&snap(1, "c2VjcmV0LW9uZQ"), &pod(), 16).unwrap();
+        let first = current.load().unwrap().jwt.clone();
+        current.install(&snap(2, "c2VjcmV0LW9uZQ"), &pod(), 16).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &current.load().unwrap().jwt),
+            "same keys: cache kept"
+        );
+        current.install(&snap(3, "c2VjcmV0LXR3bw"), &pod(), 16).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &current.load().unwrap().jwt),
+            "new keys: new verifier, empty cache"
+        );
+    }
+
+    #[test]
+    fn deprecated_versions_match_whole_segments() {
+        let mut p = policy("p", "{}", r#"[{"name":"a","paths":["/**"],"public":true}]"#);
+        p.api_versions = Some(ApiVersions {
+            current: Some("/api/v2".into()),
+            deprecated: vec![ApiVersion {
+                prefix: "/api/v1".into(),
+                deprecated: Some("2026-01-01".into()),
+                sunset: Some("2027-01-01".into()),
+                link: None,
+            }],
+        });
+        let snapshot = Snapshot {
+            policies: vec![p],
+            ..Default::default()
+        };
+        let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
+        assert!(compiled.deprecated_version("/api/v1/items").is_some());
+        assert!(compiled.deprecated_version("/api/v1").is_some());
+        assert!(compiled.deprecated_version("/api/v10/items").is_none());
+        assert!(compiled.deprecated_version("/api/v2/items").is_none());
+    }
+}
