@@ -1,51 +1,40 @@
 //! Authorization: AccessPolicy rules compiled once per snapshot into a matcher, and
 //! the decision for an identity. Default deny: a request no rule matches is refused.
 
+use std::collections::HashMap;
+
 use portcullis_wire::glob::{self, Segment};
 use portcullis_wire::{HttpMethod, PolicyRule, TeamRole};
 
 use crate::path::NormalizedPath;
 
-#[derive(Debug, Clone)]
-struct Glob {
-    segments: Vec<Segment>,
-}
-
-impl Glob {
-    /// Matches `path`, returning the captured team (if the glob has `{team}`).
-    fn matches<'p>(&self, path: &'p [String]) -> Option<Option<&'p str>> {
-        let mut team = None;
-        for (i, segment) in self.segments.iter().enumerate() {
-            match segment {
-                Segment::Rest => return Some(team),
-                Segment::Literal(lit) => {
-                    if path.get(i).is_none_or(|p| p != lit) {
-                        return None;
-                    }
-                }
-                Segment::Any => {
-                    path.get(i).filter(|p| !p.is_empty())?;
-                }
-                Segment::Team => {
-                    team = Some(path.get(i).filter(|p| !p.is_empty())?.as_str());
-                }
-            }
-        }
-        (path.len() == self.segments.len()).then_some(team)
-    }
-}
-
-/// A rule, compiled.
-#[derive(Debug, Clone)]
-pub struct CompiledRule {
-    pub rule: PolicyRule,
-    globs: Vec<Glob>,
-}
-
-/// An AccessPolicy's rules, compiled once per snapshot.
+/// An AccessPolicy's rules, compiled once per snapshot into a trie of path segments.
+///
+/// The first rule (in policy order) whose methods and paths match wins, as if the rules
+/// were tried one by one; the trie only makes finding it cost the depth of the path
+/// instead of the number of rules. Each trie node is reached by one chain of segments, so
+/// a lookup visits every node at most once: no path can make matching blow up.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
-    rules: Vec<CompiledRule>,
+    rules: Vec<PolicyRule>,
+    root: Node,
+}
+
+/// Where a glob ends: the rule, and which of its globs (the first matching glob of the
+/// first matching rule decides the `{team}` capture).
+type Target = (usize, usize);
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    literals: HashMap<String, Node>,
+    /// `*`
+    any: Option<Box<Node>>,
+    /// `{team}`
+    team: Option<Box<Node>>,
+    /// Globs ending in `**` here: they match whatever follows, nothing included.
+    rest: Vec<Target>,
+    /// Globs ending exactly here.
+    end: Vec<Target>,
 }
 
 /// Why rules could not be compiled (the operator refuses such policies; a snapshot
@@ -58,26 +47,20 @@ pub struct BadGlob {
 
 impl Matcher {
     pub fn compile(rules: &[PolicyRule]) -> Result<Matcher, BadGlob> {
-        let rules = rules
-            .iter()
-            .map(|rule| {
-                let globs = rule
-                    .paths
-                    .iter()
-                    .map(|g| {
-                        glob::parse(g).map(|segments| Glob { segments }).map_err(|_| BadGlob {
-                            rule: rule.name.clone(),
-                            glob: g.clone(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(CompiledRule {
-                    rule: rule.clone(),
-                    globs,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Matcher { rules })
+        let mut root = Node::default();
+        for (r, rule) in rules.iter().enumerate() {
+            for (g, text) in rule.paths.iter().enumerate() {
+                let segments = glob::parse(text).map_err(|_| BadGlob {
+                    rule: rule.name.clone(),
+                    glob: text.clone(),
+                })?;
+                root.insert(&segments, (r, g));
+            }
+        }
+        Ok(Matcher {
+            rules: rules.to_vec(),
+            root,
+        })
     }
 
     /// The first rule whose methods and paths match, with the captured team.
@@ -86,26 +69,77 @@ impl Matcher {
         method: HttpMethod,
         path: &'p NormalizedPath,
     ) -> Option<(&'m PolicyRule, Option<&'p str>)> {
-        self.rules.iter().find_map(|compiled| {
-            let rule = &compiled.rule;
-            if !rule.methods.is_empty() && !rule.methods.contains(&method) {
-                return None;
-            }
-            compiled
-                .globs
-                .iter()
-                .find_map(|g| g.matches(&path.segments))
-                .map(|team| (rule, team))
-        })
+        let mut best = None;
+        let allows = |(r, _): Target| {
+            self.rules
+                .get(r)
+                .is_some_and(|rule| rule.methods.is_empty() || rule.methods.contains(&method))
+        };
+        self.root.walk(&path.segments, None, &allows, &mut best);
+        best.and_then(|((r, _), team)| self.rules.get(r).map(|rule| (rule, team)))
     }
 }
 
-/// Who is asking, as far as authorization cares.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub roles: Vec<String>,
-    pub scopes: Vec<String>,
-    pub teams: Vec<(String, TeamRole)>,
+impl Node {
+    fn insert(&mut self, segments: &[Segment], target: Target) {
+        let Some((first, rest)) = segments.split_first() else {
+            self.end.push(target);
+            return;
+        };
+        let child = match first {
+            Segment::Rest => {
+                self.rest.push(target);
+                return;
+            }
+            Segment::Literal(lit) => self.literals.entry(lit.clone()).or_default(),
+            Segment::Any => self.any.get_or_insert_default().as_mut(),
+            Segment::Team => self.team.get_or_insert_default().as_mut(),
+        };
+        child.insert(rest, target);
+    }
+
+    fn walk<'p>(
+        &self,
+        path: &'p [String],
+        team: Option<&'p str>,
+        allows: &impl Fn(Target) -> bool,
+        best: &mut Option<(Target, Option<&'p str>)>,
+    ) {
+        let mut offer = |targets: &[Target]| {
+            // Targets are in insertion order, i.e. sorted: the first allowed one is this node's best.
+            if let Some(&t) = targets.iter().find(|&&t| allows(t))
+                && best.is_none_or(|(b, _)| t < b)
+            {
+                *best = Some((t, team));
+            }
+        };
+        offer(&self.rest);
+        let Some((segment, remaining)) = path.split_first() else {
+            offer(&self.end);
+            return;
+        };
+        if let Some(child) = self.literals.get(segment.as_str()) {
+            child.walk(remaining, team, allows, best);
+        }
+        if segment.is_empty() {
+            return;
+        }
+        if let Some(child) = &self.any {
+            child.walk(remaining, team, allows, best);
+        }
+        if let Some(child) = &self.team {
+            child.walk(remaining, Some(segment.as_str()), allows, best);
+        }
+    }
+}
+
+/// Who is asking, as far as authorization cares (borrowed from the principal: deciding
+/// copies nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity<'a> {
+    pub roles: &'a [String],
+    pub scopes: &'a [String],
+    pub teams: &'a [(String, TeamRole)],
 }
 
 /// The decision.
@@ -125,9 +159,10 @@ pub enum Decision {
     },
 }
 
-/// Decides a request: `identity` is `None` for an anonymous caller.
-pub fn decide(matcher: &Matcher, method: HttpMethod, path: &NormalizedPath, identity: Option<&Identity>) -> Decision {
-    let Some((rule, team)) = matcher.find(method, path) else {
+/// Decides a request, given the rule [`Matcher::find`] found for it (with the captured
+/// team): `identity` is `None` for an anonymous caller.
+pub fn decide(found: Option<(&PolicyRule, Option<&str>)>, identity: Option<&Identity>) -> Decision {
+    let Some((rule, team)) = found else {
         return match identity {
             None => Decision::Unauthenticated { rule: None },
             Some(_) => Decision::Forbidden {
@@ -195,14 +230,18 @@ mod tests {
     fn decide_for(method: HttpMethod, path: &str, who: Option<&Identity>) -> Decision {
         let matcher = Matcher::compile(&rules()).unwrap();
         let (p, _) = normalize(path).unwrap();
-        decide(&matcher, method, &p, who)
+        decide(matcher.find(method, &p), who)
     }
 
-    fn viewer() -> Identity {
+    fn leak<T>(items: Vec<T>) -> &'static [T] {
+        Box::leak(items.into_boxed_slice())
+    }
+
+    fn viewer() -> Identity<'static> {
         Identity {
-            roles: vec!["viewer".into()],
-            scopes: vec!["read".into()],
-            teams: vec![("platform".into(), TeamRole::Member)],
+            roles: leak(vec!["viewer".into()]),
+            scopes: leak(vec!["read".into()]),
+            teams: leak(vec![("platform".into(), TeamRole::Member)]),
         }
     }
 
@@ -242,7 +281,7 @@ mod tests {
             matches!(decide_for(HttpMethod::Get, "/api/v1/admin/users", Some(&v)), Decision::Forbidden { rule: Some(r), .. } if r == "admin")
         );
         let admin = Identity {
-            roles: vec!["admin".into()],
+            roles: leak(vec!["admin".into()]),
             ..Identity::default()
         };
         assert_eq!(
@@ -257,7 +296,7 @@ mod tests {
             matches!(decide_for(HttpMethod::Get, "/api/v1/teams/payments/svc", Some(&v)), Decision::Forbidden { rule: Some(r), .. } if r == "teams")
         );
         let team_viewer = Identity {
-            teams: vec![("platform".into(), TeamRole::Viewer)],
+            teams: leak(vec![("platform".into(), TeamRole::Viewer)]),
             ..viewer()
         };
         assert!(matches!(
@@ -291,6 +330,99 @@ mod tests {
         assert!(
             matches!(decide_for(HttpMethod::Get, "/api/v1/%61dmin/users", Some(&v)), Decision::Forbidden { rule: Some(r), .. } if r == "admin")
         );
+    }
+
+    /// The rules tried one by one, the definition the trie must agree with.
+    fn linear<'r, 'p>(
+        rules: &'r [PolicyRule],
+        method: HttpMethod,
+        path: &'p [String],
+    ) -> Option<(&'r str, Option<&'p str>)> {
+        rules.iter().find_map(|rule| {
+            if !rule.methods.is_empty() && !rule.methods.contains(&method) {
+                return None;
+            }
+            rule.paths.iter().find_map(|g| {
+                let segments = glob::parse(g).unwrap();
+                let mut team = None;
+                for (i, segment) in segments.iter().enumerate() {
+                    match segment {
+                        Segment::Rest => return Some((rule.name.as_str(), team)),
+                        Segment::Literal(lit) => {
+                            if path.get(i) != Some(lit) {
+                                return None;
+                            }
+                        }
+                        Segment::Any => {
+                            path.get(i).filter(|p| !p.is_empty())?;
+                        }
+                        Segment::Team => team = Some(path.get(i).filter(|p| !p.is_empty())?.as_str()),
+                    }
+                }
+                (path.len() == segments.len()).then_some((rule.name.as_str(), team))
+            })
+        })
+    }
+
+    #[test]
+    fn the_trie_agrees_with_trying_rules_in_order() {
+        // Every glob of up to three segments over a small alphabet, so that rules overlap
+        // in every way (prefixes, wildcards against literals, `**` against exact ends).
+        let parts = ["a", "b", "*", "{team}", "**"];
+        let mut globs = vec!["/".to_string()];
+        for x in parts {
+            globs.push(format!("/{x}"));
+            for y in parts {
+                globs.push(format!("/{x}/{y}"));
+                for z in ["a", "*", "**"] {
+                    globs.push(format!("/{x}/{y}/{z}"));
+                }
+            }
+        }
+        globs.retain(|g| glob::parse(g).is_ok());
+        let methods = [
+            vec![],
+            vec![HttpMethod::Get],
+            vec![HttpMethod::Post, HttpMethod::Delete],
+        ];
+        // Rules of two globs each, in an order that is not the order of specificity.
+        let rules: Vec<PolicyRule> = globs
+            .chunks(2)
+            .rev()
+            .enumerate()
+            .map(|(i, pair)| {
+                serde_json::from_value(serde_json::json!({
+                    "name": format!("r{i}"),
+                    "methods": methods[i % 3],
+                    "paths": pair,
+                }))
+                .unwrap()
+            })
+            .collect();
+        let matcher = Matcher::compile(&rules).unwrap();
+        let words = ["a", "b", "c"];
+        let mut paths = vec!["/".to_string()];
+        for x in words {
+            paths.push(format!("/{x}"));
+            paths.push(format!("/{x}/"));
+            for y in words {
+                paths.push(format!("/{x}/{y}"));
+                for z in words {
+                    paths.push(format!("/{x}/{y}/{z}"));
+                    paths.push(format!("/{x}/{y}/{z}/a"));
+                }
+            }
+        }
+        let mut matched = 0;
+        for path in &paths {
+            let (p, _) = normalize(path).unwrap();
+            for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put] {
+                let fast = matcher.find(method, &p).map(|(r, team)| (r.name.as_str(), team));
+                assert_eq!(fast, linear(&rules, method, &p.segments), "{method:?} {path}");
+                matched += usize::from(fast.is_some());
+            }
+        }
+        assert!(matched > paths.len(), "the table exercises matches, not just misses");
     }
 
     #[test]

@@ -121,17 +121,17 @@ pub fn deprecation(version: &ApiVersion, response: &mut HeaderMap) {
     match version.deprecated.as_deref().and_then(date) {
         Some(when) => {
             if let Ok(v) = HeaderValue::from_str(&format!("@{}", when.timestamp().as_second())) {
-                response.insert("deprecation", v);
+                response.insert(crate::headers::DEPRECATION, v);
             }
         }
         None => {
-            response.insert("deprecation", HeaderValue::from_static("true"));
+            response.insert(crate::headers::DEPRECATION, HeaderValue::from_static("true"));
         }
     }
     if let Some(when) = version.sunset.as_deref().and_then(date) {
         let http_date = when.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
         if let Ok(v) = HeaderValue::from_str(&http_date) {
-            response.insert("sunset", v);
+            response.insert(crate::headers::SUNSET, v);
         }
     }
     if let Some(link) = &version.link

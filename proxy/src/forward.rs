@@ -2,8 +2,10 @@
 //! headers removed, upgrades (WebSocket) spliced after the app agrees.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
@@ -12,7 +14,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::Body;
+use crate::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+use crate::pool::Http1Pool;
+use crate::{Body, BoxError};
 
 /// HTTP version spoken to the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,31 +83,38 @@ pub struct Upstream {
     authority: Authority,
     protocol: UpstreamProtocol,
     timeout: Duration,
-    http1: Client<HttpConnector, Body>,
+    http1: Arc<Http1Pool>,
+    /// h2c multiplexes every request on one connection; hyper-util's client keeps it.
     http2: Client<HttpConnector, Body>,
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_MAX_IDLE: usize = 1024;
 
 impl Upstream {
     pub fn new(url: &str, protocol: UpstreamProtocol, timeout: Duration) -> Result<Upstream, String> {
         let authority = upstream_authority(url)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .http2_only(h2)
-                .build(connector.clone())
-        };
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http2 = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_only(true)
+            .build(connector);
         Ok(Upstream {
+            http1: Arc::new(Http1Pool::new(
+                &authority,
+                POOL_MAX_IDLE,
+                POOL_IDLE_TIMEOUT,
+                CONNECT_TIMEOUT,
+            )),
             authority,
             protocol,
             timeout,
-            http1: client(false),
-            http2: client(true),
+            http2,
         })
     }
 
@@ -121,67 +132,79 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` (its URI holding the canonical path and query) to the app and
-    /// waits at most the upstream timeout for the response head.
+    /// Sends `request` to the app at `path_and_query` (the canonical path and the query)
+    /// and waits at most the upstream timeout for the response head.
     pub async fn send(
         &self,
         mut request: Request<Body>,
         path_and_query: &str,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         let h2 = self.wants_http2(&request);
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| UpstreamError::Protocol)?;
-        *request.uri_mut() = uri;
-        *request.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        if h2 {
+        let sent = if h2 {
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(self.authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| UpstreamError::Protocol)?;
+            *request.uri_mut() = uri;
+            *request.version_mut() = Version::HTTP_2;
             // Host becomes :authority; a Host header beside it is a protocol error in h2.
             request.headers_mut().remove(header::HOST);
-        }
-        let client = if h2 { &self.http2 } else { &self.http1 };
-        match tokio::time::timeout(self.timeout, client.request(request)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect),
-            Ok(Err(_)) => Err(UpstreamError::Protocol),
-            Ok(Ok(response)) => Ok(response),
-        }
+            let response = async {
+                match self.http2.request(request).await {
+                    Ok(response) => Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed())),
+                    Err(e) if e.is_connect() => Err(UpstreamError::Connect),
+                    Err(_) => Err(UpstreamError::Protocol),
+                }
+            };
+            tokio::time::timeout(self.timeout, response).await
+        } else {
+            // An HTTP/2 client names the host in its URI only; HTTP/1.1 needs a Host header.
+            if !request.headers().contains_key(header::HOST) {
+                let host = request.uri().authority().unwrap_or(&self.authority).as_str();
+                let host = HeaderValue::from_str(host).map_err(|_| UpstreamError::Protocol)?;
+                request.headers_mut().insert(header::HOST, host);
+            }
+            *request.uri_mut() = Uri::try_from(path_and_query).map_err(|_| UpstreamError::Protocol)?;
+            *request.version_mut() = Version::HTTP_11;
+            tokio::time::timeout(self.timeout, self.http1.send(request)).await
+        };
+        sent.unwrap_or(Err(UpstreamError::Timeout))
     }
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus
 /// any header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass over what is there (usually none of these), rather than a hashed removal
+    // of every name that could be: this runs twice per request.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        let hop = *name == header::CONNECTION
+            || *name == header::TRANSFER_ENCODING
+            || *name == header::UPGRADE
+            || *name == header::PROXY_AUTHORIZATION
+            || *name == header::PROXY_AUTHENTICATE
+            || *name == header::TRAILER
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+            // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
+            || (*name == header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if hop && !doomed.contains(name) {
+            doomed.push(name.clone());
+        }
+        if *name == header::CONNECTION {
+            let named = value
+                .to_str()
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+            doomed.extend(named);
+        }
     }
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::TRAILER,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in doomed {
         headers.remove(name);
-    }
-    // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
     }
 }
 
@@ -201,7 +224,7 @@ pub fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// Once the app answered 101, splices the client's connection to the app's.
-pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, app: &mut Response<Incoming>) {
+pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, app: &mut Response<Body>) {
     if app.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }

@@ -16,18 +16,17 @@ use tracing::{debug, info};
 
 use crate::authz::{self, Decision};
 use crate::forward::{self, Upstream, UpstreamError};
+use crate::headers::*;
 use crate::identity::Principal;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::path::{self, NormalizedPath};
 use crate::ratelimit::{self, Limiter};
-use crate::response::{self, CORRELATION_ID};
+use crate::response;
 use crate::snapshot::{Compiled, Current, Pod};
 use crate::tls::{CertIdentity, ForwardedCertVerifier};
 use crate::{Body, cors};
 
-const X_API_KEY: &str = "x-api-key";
-const X_CLIENT_CERT: &str = "x-client-cert";
 /// Identity headers the app trusts; a client never gets to set them.
 const IDENTITY_PREFIX: &[u8] = b"x-auth-";
 
@@ -286,7 +285,7 @@ impl Gate {
         trace.subject = principal.as_ref().map(|p| p.subject.clone());
 
         let identity = principal.as_ref().map(Principal::identity);
-        match authz::decide(&snapshot.matcher, method, &path, identity.as_ref()) {
+        match authz::decide(found, identity.as_ref()) {
             Decision::Allow { .. } => {
                 self.count_auth(auth_method, "allow", "ok");
             }
@@ -308,7 +307,7 @@ impl Gate {
         if rule.is_some_and(|r| r.rate_limit.is_some()) || principal.as_ref().is_some_and(|p| p.rate_limit.is_some()) {
             let client_ip = self
                 .trusted
-                .client_ip(peer, headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()));
+                .client_ip(peer, headers.get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes()));
             self.rate_limit(rule, principal.as_ref(), client_ip, trace)?;
         }
         Ok(Admitted {
@@ -335,7 +334,7 @@ impl Gate {
         let now = crate::unix_now();
         let bearer = single(headers, &header::AUTHORIZATION)?
             .filter(|v| v.len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "));
-        let header_key = single(headers, &HeaderName::from_static(X_API_KEY))?;
+        let header_key = single(headers, &X_API_KEY)?;
         let (query, query_key) = match (rule, query) {
             (Some(rule), Some(q)) if rule.allow_api_key_in_query => take_query_key(&q),
             (_, q) => (q, None),
@@ -485,30 +484,30 @@ impl Gate {
         let peer = conn.peer.ip().to_string();
         let xff = match (
             self.trusted.trusts(conn.peer.ip()),
-            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
         ) {
             (true, Some(chain)) => format!("{chain}, {peer}"),
             _ => peer,
         };
-        let mut set = |name: &'static str, value: &str| {
+        let mut set = |name: HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
             }
         };
-        set(CORRELATION_ID, correlation_id);
-        set("x-auth-method", admitted.method.as_str());
+        set(X_CORRELATION_ID, correlation_id);
+        set(X_AUTH_METHOD, admitted.method.as_str());
         if let Some(p) = &admitted.principal {
-            set("x-auth-user", &p.name);
+            set(X_AUTH_USER, &p.name);
             if let Some(email) = &p.email {
-                set("x-auth-email", email);
+                set(X_AUTH_EMAIL, email);
             }
-            set("x-auth-roles", &p.roles.join(","));
-            set("x-auth-scopes", &p.scopes.join(","));
+            set(X_AUTH_ROLES, &p.roles.join(","));
+            set(X_AUTH_SCOPES, &p.scopes.join(","));
             let teams: Vec<String> = p.teams.iter().map(|(t, r)| format!("{t}:{}", r.as_str())).collect();
-            set("x-auth-teams", &teams.join(","));
+            set(X_AUTH_TEAMS, &teams.join(","));
         }
-        set("x-forwarded-for", &xff);
-        set("x-forwarded-proto", if conn.tls { "https" } else { "http" });
+        set(X_FORWARDED_FOR, &xff);
+        set(X_FORWARDED_PROTO, if conn.tls { "https" } else { "http" });
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let body = Limited::new(body, limit).boxed();
         Request::from_parts(parts, body)
@@ -516,7 +515,7 @@ impl Gate {
 
     fn finish(
         &self,
-        app: Response<Incoming>,
+        app: Response<Body>,
         snapshot: &Compiled,
         path: &NormalizedPath,
         request_headers: Option<&HeaderMap>,
@@ -533,7 +532,7 @@ impl Gate {
             parts.headers.insert(header::UPGRADE, protocol);
         }
         if let Ok(v) = HeaderValue::from_str(correlation_id) {
-            parts.headers.insert(CORRELATION_ID, v);
+            parts.headers.insert(X_CORRELATION_ID, v);
         }
         if let (Some(cors), Some(request)) = (&snapshot.cors, request_headers) {
             cors::decorate(cors, request, &mut parts.headers);
@@ -541,7 +540,6 @@ impl Gate {
         if let Some(version) = snapshot.deprecated_version(&path.canonical) {
             cors::deprecation(version, &mut parts.headers);
         }
-        let body = body.map_err(|e| Box::new(e) as crate::BoxError).boxed();
         Response::from_parts(parts, body)
     }
 

@@ -30,11 +30,11 @@ pub struct Principal {
 }
 
 impl Principal {
-    pub fn identity(&self) -> Identity {
+    pub fn identity(&self) -> Identity<'_> {
         Identity {
-            roles: self.roles.clone(),
-            scopes: self.scopes.clone(),
-            teams: self.teams.clone(),
+            roles: &self.roles,
+            scopes: &self.scopes,
+            teams: &self.teams,
         }
     }
 }

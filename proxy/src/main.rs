@@ -24,10 +24,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stdout)
         .init();
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers {
-        runtime.worker_threads(workers.max(1));
-    }
+    // One worker runs on the current-thread scheduler: no work stealing, no cross-thread
+    // wake-ups, which is what a sidecar with one core of CPU limit should pay.
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

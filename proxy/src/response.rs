@@ -8,12 +8,11 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::Body;
-
-pub const CORRELATION_ID: &str = "x-correlation-id";
+use crate::headers::{X_CORRELATION_ID, X_REQUEST_ID};
 
 /// A correlation id from the client when it is a sane token, else a fresh one.
 pub fn correlation_id(headers: &hyper::HeaderMap) -> String {
-    for name in [CORRELATION_ID, "x-request-id"] {
+    for name in [X_CORRELATION_ID, X_REQUEST_ID] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok())
             && (1..=128).contains(&v.len())
             && v.bytes()
@@ -53,7 +52,7 @@ pub fn error(status: StatusCode, code: &str, message: &str, correlation_id: &str
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(id) = HeaderValue::from_str(correlation_id) {
-        headers.insert(CORRELATION_ID, id);
+        headers.insert(X_CORRELATION_ID, id);
     }
     response
 }
@@ -75,7 +74,7 @@ mod tests {
         let mut h = hyper::HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
         assert_eq!(correlation_id(&h), "abc-123");
-        h.insert(CORRELATION_ID, HeaderValue::from_static("has space"));
+        h.insert(X_CORRELATION_ID, HeaderValue::from_static("has space"));
         assert_eq!(
             correlation_id(&h),
             "abc-123",
@@ -91,7 +90,7 @@ mod tests {
     async fn errors_have_the_documented_shape() {
         let r = error(StatusCode::FORBIDDEN, "forbidden", "missing scope read", "cid-1");
         assert_eq!(r.status(), 403);
-        assert_eq!(r.headers()[CORRELATION_ID], "cid-1");
+        assert_eq!(r.headers()[X_CORRELATION_ID], "cid-1");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["status"], "error");
