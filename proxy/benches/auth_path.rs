@@ -116,11 +116,7 @@ fn bench(c: &mut Criterion) {
         forwarded_certs: None,
         max_body_bytes: 1 << 20,
     };
-    let conn = Conn {
-        peer: "127.0.0.1:40000".parse().expect("addr"),
-        tls: false,
-        client_cert: None,
-    };
+    let conn = Conn::new("127.0.0.1:40000".parse().expect("addr"), false, None);
     let claims = serde_json::json!({
         "iss": "https://auth.bench", "aud": "bench", "sub": "user-7", "sid": "live",
         "exp": portcullis_proxy::unix_now() + 3600,

@@ -14,7 +14,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 use crate::pool::Http1Pool;
 use crate::{Body, BoxError};
 
@@ -178,20 +177,26 @@ impl Upstream {
 /// any header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over what is there (usually none of these), rather than a hashed removal
-    // of every name that could be: this runs twice per request.
+    // of every name that could be: this runs twice per request. Names are lowercase here.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        let hop = *name == header::CONNECTION
-            || *name == header::TRANSFER_ENCODING
-            || *name == header::UPGRADE
-            || *name == header::PROXY_AUTHORIZATION
-            || *name == header::PROXY_AUTHENTICATE
-            || *name == header::TRAILER
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
+        let hop = match name.as_str() {
+            "connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "trailer"
+            | "keep-alive"
+            | "proxy-connection" => true,
             // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
-            || (*name == header::TE && !value.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        if hop && !doomed.contains(name) {
+            "te" => !value.as_bytes().eq_ignore_ascii_case(b"trailers"),
+            _ => false,
+        };
+        if !hop {
+            continue;
+        }
+        if !doomed.contains(name) {
             doomed.push(name.clone());
         }
         if *name == header::CONNECTION {

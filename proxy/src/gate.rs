@@ -18,6 +18,7 @@ use crate::authz::{self, Decision};
 use crate::forward::{self, Upstream, UpstreamError};
 use crate::headers::*;
 use crate::identity::Principal;
+use crate::jwt::JwtRefusal;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::path::{self, NormalizedPath};
@@ -49,6 +50,21 @@ pub struct Conn {
     pub tls: bool,
     /// The verified client certificate of a TLS connection, read once per connection.
     pub client_cert: Option<Arc<CertIdentity>>,
+    /// The peer's address as the `X-Forwarded-For` entry, written once per connection.
+    pub peer_ip: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, tls: bool, client_cert: Option<Arc<CertIdentity>>) -> Conn {
+        let peer_ip =
+            HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            peer,
+            tls,
+            client_cert,
+            peer_ip,
+        }
+    }
 }
 
 /// How the caller proved who they are.
@@ -85,7 +101,7 @@ pub struct Refused {
 /// A request a rule allowed, and who sent it.
 #[derive(Debug)]
 pub struct Admitted {
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     pub method: AuthMethod,
     /// The one normalized path: matched, and forwarded.
     pub path: NormalizedPath,
@@ -100,6 +116,24 @@ impl Refused {
             code,
             message: message.into(),
             retry_after: None,
+        }
+    }
+}
+
+/// Who the credential says is calling, how it was shown, and the query left once an
+/// `api_key` parameter was taken out of it.
+struct Authenticated {
+    principal: Option<Arc<Principal>>,
+    method: AuthMethod,
+    query: Option<String>,
+}
+
+impl Authenticated {
+    fn new(principal: Option<Arc<Principal>>, method: AuthMethod, query: Option<String>) -> Authenticated {
+        Authenticated {
+            principal,
+            method,
+            query,
         }
     }
 }
@@ -143,7 +177,7 @@ impl Gate {
                     r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
                 info!(
-                    correlation_id = %correlation_id,
+                    correlation_id = response::id_text(&correlation_id),
                     method = %http_method,
                     rule = %trace.rule,
                     status = refused.status.as_u16(),
@@ -165,7 +199,7 @@ impl Gate {
             .latency
             .with_label_values(&[trace.rule.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        debug!(correlation_id = %correlation_id, method = %http_method, rule = %trace.rule, status = status.as_u16(), "request");
+        debug!(correlation_id = response::id_text(&correlation_id), method = %http_method, rule = %trace.rule, status = status.as_u16(), "request");
         response
     }
 
@@ -173,7 +207,7 @@ impl Gate {
         &self,
         conn: &Conn,
         mut request: Request<Incoming>,
-        correlation_id: &str,
+        correlation_id: &HeaderValue,
         trace: &mut Trace,
     ) -> Result<Response<Body>, Refused> {
         let snapshot = self.current.load().ok_or_else(|| {
@@ -279,12 +313,14 @@ impl Gate {
         let rule = found.map(|(rule, _)| rule);
         trace.rule = rule.map_or_else(|| "none".into(), |r| r.name.clone());
 
-        let (principal, auth_method, query) =
-            self.authenticate(snapshot, conn, headers, rule, forwarded_cert, query, trace)?;
+        let Authenticated {
+            principal,
+            method: auth_method,
+            query,
+        } = self.authenticate(snapshot, conn, headers, rule, forwarded_cert, query, trace)?;
         trace.method = auth_method;
-        trace.subject = principal.as_ref().map(|p| p.subject.clone());
 
-        let identity = principal.as_ref().map(Principal::identity);
+        let identity = principal.as_deref().map(Principal::identity);
         match authz::decide(found, identity.as_ref()) {
             Decision::Allow { .. } => {
                 self.count_auth(auth_method, "allow", "ok");
@@ -300,6 +336,7 @@ impl Gate {
             }
             Decision::Forbidden { reason, .. } => {
                 trace.reason = "forbidden";
+                trace.subject = principal.as_ref().map(|p| p.subject.clone());
                 self.count_auth(auth_method, "deny", "forbidden");
                 return Err(Refused::new(StatusCode::FORBIDDEN, "forbidden", reason));
             }
@@ -308,7 +345,7 @@ impl Gate {
             let client_ip = self
                 .trusted
                 .client_ip(peer, headers.get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes()));
-            self.rate_limit(rule, principal.as_ref(), client_ip, trace)?;
+            self.rate_limit(rule, principal.as_deref(), client_ip, trace)?;
         }
         Ok(Admitted {
             principal,
@@ -330,7 +367,7 @@ impl Gate {
         forwarded_cert: Option<&HeaderValue>,
         query: Option<String>,
         trace: &mut Trace,
-    ) -> Result<(Option<Principal>, AuthMethod, Option<String>), Refused> {
+    ) -> Result<Authenticated, Refused> {
         let now = crate::unix_now();
         let bearer = single(headers, &header::AUTHORIZATION)?
             .filter(|v| v.len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "));
@@ -378,18 +415,12 @@ impl Gate {
                     .directory
                     .user(&claims.subject)
                     .map_err(|r| refuse(AuthMethod::Jwt, r.as_str(), trace))?,
-                ClaimSource::Token => Principal {
-                    subject: format!("jwt:{}", claims.subject),
-                    name: claims.subject.clone(),
-                    email: claims.email.clone(),
-                    roles: claims.roles.clone(),
-                    scopes: claims.scopes.clone(),
-                    teams: Vec::new(),
-                    key_prefix: None,
-                    rate_limit: None,
-                },
+                ClaimSource::Token => claims
+                    .bearer
+                    .clone()
+                    .ok_or_else(|| refuse(AuthMethod::Jwt, JwtRefusal::Malformed.as_str(), trace))?,
             };
-            return Ok((Some(principal), AuthMethod::Jwt, query));
+            return Ok(Authenticated::new(Some(principal), AuthMethod::Jwt, query));
         }
         if let Some(key) = header_key
             .map(|v| v.to_str().unwrap_or("\u{0}").to_string())
@@ -399,14 +430,14 @@ impl Gate {
                 .directory
                 .api_key(&key, now)
                 .map_err(|r| refuse(AuthMethod::ApiKey, r.as_str(), trace))?;
-            return Ok((Some(principal), AuthMethod::ApiKey, query));
+            return Ok(Authenticated::new(Some(principal), AuthMethod::ApiKey, query));
         }
         if let Some(cert) = &conn.client_cert {
             let principal = snapshot
                 .directory
                 .certificate(cert, &self.pod.namespace)
                 .map_err(|r| refuse(AuthMethod::Mtls, r.as_str(), trace))?;
-            return Ok((Some(principal), AuthMethod::Mtls, query));
+            return Ok(Authenticated::new(Some(principal), AuthMethod::Mtls, query));
         }
         if let Some(value) = forwarded_cert {
             let verifier = self
@@ -420,9 +451,9 @@ impl Gate {
                 .directory
                 .certificate(&cert, &self.pod.namespace)
                 .map_err(|r| refuse(AuthMethod::ForwardedCert, r.as_str(), trace))?;
-            return Ok((Some(principal), AuthMethod::ForwardedCert, query));
+            return Ok(Authenticated::new(Some(principal), AuthMethod::ForwardedCert, query));
         }
-        Ok((None, AuthMethod::Anonymous, query))
+        Ok(Authenticated::new(None, AuthMethod::Anonymous, query))
     }
 
     fn rate_limit(
@@ -448,6 +479,7 @@ impl Gate {
         for (bucket, limit) in checks {
             if let Err(wait) = self.limiter.check(&who, bucket, limit, now) {
                 trace.reason = "rate_limited";
+                trace.subject = principal.map(|p| p.subject.clone());
                 self.metrics.limits.with_label_values(&["rate_limit"]).inc();
                 let mut refused = Refused::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -468,7 +500,7 @@ impl Gate {
         &self,
         request: Request<Incoming>,
         admitted: &Admitted,
-        correlation_id: &str,
+        correlation_id: &HeaderValue,
         conn: &Conn,
         upgrade: Option<HeaderValue>,
     ) -> Request<Body> {
@@ -481,33 +513,25 @@ impl Gate {
             headers.insert(header::UPGRADE, protocol);
         }
         // From an untrusted peer the chain is whatever the client wrote: start it afresh.
-        let peer = conn.peer.ip().to_string();
         let xff = match (
             self.trusted.trusts(conn.peer.ip()),
             headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
         ) {
-            (true, Some(chain)) => format!("{chain}, {peer}"),
-            _ => peer,
+            (true, Some(chain)) => HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).ok(),
+            _ => Some(conn.peer_ip.clone()),
         };
-        let mut set = |name: HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(name, v);
-            }
-        };
-        set(X_CORRELATION_ID, correlation_id);
-        set(X_AUTH_METHOD, admitted.method.as_str());
         if let Some(p) = &admitted.principal {
-            set(X_AUTH_USER, &p.name);
-            if let Some(email) = &p.email {
-                set(X_AUTH_EMAIL, email);
+            for (name, value) in p.identity_headers() {
+                headers.insert(name.clone(), value.clone());
             }
-            set(X_AUTH_ROLES, &p.roles.join(","));
-            set(X_AUTH_SCOPES, &p.scopes.join(","));
-            let teams: Vec<String> = p.teams.iter().map(|(t, r)| format!("{t}:{}", r.as_str())).collect();
-            set(X_AUTH_TEAMS, &teams.join(","));
         }
-        set(X_FORWARDED_FOR, &xff);
-        set(X_FORWARDED_PROTO, if conn.tls { "https" } else { "http" });
+        headers.insert(X_CORRELATION_ID, correlation_id.clone());
+        headers.insert(X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str()));
+        if let Some(xff) = xff {
+            headers.insert(X_FORWARDED_FOR, xff);
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let body = Limited::new(body, limit).boxed();
         Request::from_parts(parts, body)
@@ -519,7 +543,7 @@ impl Gate {
         snapshot: &Compiled,
         path: &NormalizedPath,
         request_headers: Option<&HeaderMap>,
-        correlation_id: &str,
+        correlation_id: &HeaderValue,
     ) -> Response<Body> {
         let upgraded = app.status() == StatusCode::SWITCHING_PROTOCOLS;
         let (mut parts, body) = app.into_parts();
@@ -531,9 +555,7 @@ impl Gate {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
         }
-        if let Ok(v) = HeaderValue::from_str(correlation_id) {
-            parts.headers.insert(X_CORRELATION_ID, v);
-        }
+        parts.headers.insert(X_CORRELATION_ID, correlation_id.clone());
         if let (Some(cors), Some(request)) = (&snapshot.cors, request_headers) {
             cors::decorate(cors, request, &mut parts.headers);
         }

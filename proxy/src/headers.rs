@@ -15,7 +15,5 @@ pub const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 pub const X_AUTH_SCOPES: HeaderName = HeaderName::from_static("x-auth-scopes");
 pub const X_AUTH_TEAMS: HeaderName = HeaderName::from_static("x-auth-teams");
 pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
-pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 pub const SUNSET: HeaderName = HeaderName::from_static("sunset");

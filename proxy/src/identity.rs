@@ -2,11 +2,15 @@
 //! so the per-request work is a hash and a map lookup.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use hyper::header::{HeaderName, HeaderValue};
 
 use portcullis_wire::api_key;
 use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole};
 
 use crate::authz::Identity;
+use crate::headers::{X_AUTH_EMAIL, X_AUTH_ROLES, X_AUTH_SCOPES, X_AUTH_TEAMS, X_AUTH_USER};
 use crate::tls::CertIdentity;
 
 /// Longest credential value looked at; longer ones are refused unread.
@@ -27,15 +31,86 @@ pub struct Principal {
     pub key_prefix: Option<String>,
     /// A source's own rate limit, applied on top of the rule's.
     pub rate_limit: Option<RateLimit>,
+    /// The identity headers, built on first use: a principal from the snapshot or the
+    /// token cache is shared by every request of its caller.
+    pub headers: HeaderCache,
 }
 
 impl Principal {
+    /// A principal with these names and nothing else (no roles, scopes, teams or limits).
+    pub fn named(subject: String, name: String, email: Option<String>) -> Principal {
+        Principal {
+            subject,
+            name,
+            email,
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            teams: Vec::new(),
+            key_prefix: None,
+            rate_limit: None,
+            headers: HeaderCache::default(),
+        }
+    }
+
     pub fn identity(&self) -> Identity<'_> {
         Identity {
             roles: &self.roles,
             scopes: &self.scopes,
             teams: &self.teams,
         }
+    }
+
+    /// `X-Auth-User`, `-Email`, `-Roles`, `-Scopes` and `-Teams` as the app receives them.
+    /// A value that cannot be a header (a control byte in a name) is left out.
+    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        self.headers.0.get_or_init(|| {
+            let mut teams = String::new();
+            for (team, role) in &self.teams {
+                if !teams.is_empty() {
+                    teams.push(',');
+                }
+                teams.push_str(team);
+                teams.push(':');
+                teams.push_str(role.as_str());
+            }
+            let values = [
+                (X_AUTH_USER, Some(self.name.clone())),
+                (X_AUTH_EMAIL, self.email.clone()),
+                (X_AUTH_ROLES, Some(self.roles.join(","))),
+                (X_AUTH_SCOPES, Some(self.scopes.join(","))),
+                (X_AUTH_TEAMS, Some(teams)),
+            ];
+            values
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, HeaderValue::try_from(value?).ok()?)))
+                .collect()
+        })
+    }
+}
+
+/// A principal's identity headers once built. A clone starts empty, because a cloned
+/// principal is about to be changed (an API key narrows its owner's scopes); equality
+/// ignores it, because it only restates the other fields.
+#[derive(Default)]
+pub struct HeaderCache(OnceLock<Vec<(HeaderName, HeaderValue)>>);
+
+impl Clone for HeaderCache {
+    fn clone(&self) -> HeaderCache {
+        HeaderCache::default()
+    }
+}
+
+impl PartialEq for HeaderCache {
+    fn eq(&self, _: &HeaderCache) -> bool {
+        true
+    }
+}
+
+impl Eq for HeaderCache {}
+
+impl std::fmt::Debug for HeaderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderCache")
     }
 }
 
@@ -68,16 +143,14 @@ impl Refusal {
 }
 
 struct UserInfo {
-    email: String,
     disabled: bool,
-    roles: Vec<String>,
-    scopes: BTreeSet<String>,
-    teams: Vec<(String, TeamRole)>,
+    /// Built once per snapshot; every request of this user shares it.
+    principal: Arc<Principal>,
 }
 
 struct SourceInfo {
     enabled: bool,
-    rate_limit: Option<RateLimit>,
+    principal: Arc<Principal>,
 }
 
 /// The snapshot, indexed.
@@ -101,19 +174,21 @@ impl Directory {
             .users
             .iter()
             .map(|u| {
-                let scopes = u
+                let scopes: BTreeSet<String> = u
                     .roles
                     .iter()
                     .filter_map(|r| role_scopes.get(r.as_str()))
                     .flat_map(|s| s.iter().cloned())
                     .collect();
-                let teams = u.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
-                let info = UserInfo {
-                    email: u.email.clone(),
-                    disabled: u.disabled,
+                let principal = Principal {
                     roles: u.roles.clone(),
-                    scopes,
-                    teams,
+                    scopes: scopes.into_iter().collect(),
+                    teams: u.teams.iter().map(|t| (t.team.clone(), t.role)).collect(),
+                    ..Principal::named(format!("user:{}", u.name), u.name.clone(), Some(u.email.clone()))
+                };
+                let info = UserInfo {
+                    disabled: u.disabled,
+                    principal: Arc::new(principal),
                 };
                 (u.name.clone(), info)
             })
@@ -132,9 +207,13 @@ impl Directory {
             .sources
             .iter()
             .map(|s| {
+                let principal = Principal {
+                    rate_limit: s.rate_limit.clone(),
+                    ..Principal::named(format!("source:{}/{}", s.namespace, s.name), s.name.clone(), None)
+                };
                 let info = SourceInfo {
                     enabled: s.enabled,
-                    rate_limit: s.rate_limit.clone(),
+                    principal: Arc::new(principal),
                 };
                 ((s.namespace.clone(), s.name.clone()), info)
             })
@@ -151,7 +230,7 @@ impl Directory {
 
     /// Authenticates an API key at `now` (Unix seconds). The key is hashed and looked
     /// up by hash; the stored hash is then compared in constant time.
-    pub fn api_key(&self, presented: &str, now: i64) -> Result<Principal, Refusal> {
+    pub fn api_key(&self, presented: &str, now: i64) -> Result<Arc<Principal>, Refusal> {
         if presented.is_empty() || presented.len() > MAX_KEY_LEN || !presented.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Refusal::Malformed);
         }
@@ -168,53 +247,35 @@ impl Directory {
         }
         let mut principal = match entry.owner_kind {
             OwnerKind::User => {
-                let mut user = self.user(&entry.owner_name)?;
+                let mut user = (*self.user(&entry.owner_name)?).clone();
                 // A key never holds more than its owner holds now.
                 user.scopes.retain(|s| entry.scopes.contains(s));
                 user
             }
             OwnerKind::Source => Principal {
                 scopes: entry.scopes.clone(),
-                ..self.source(&entry.namespace, &entry.owner_name)?
+                ..(*self.source(&entry.namespace, &entry.owner_name)?).clone()
             },
         };
         principal.key_prefix = Some(entry.prefix.clone());
-        Ok(principal)
+        Ok(Arc::new(principal))
     }
 
     /// The user called `name`, with the roles, scopes and teams the snapshot gives them.
-    pub fn user(&self, name: &str) -> Result<Principal, Refusal> {
+    pub fn user(&self, name: &str) -> Result<Arc<Principal>, Refusal> {
         let user = self.users.get(name).ok_or(Refusal::OwnerUnknown)?;
         if user.disabled {
             return Err(Refusal::OwnerDisabled);
         }
-        Ok(Principal {
-            subject: format!("user:{name}"),
-            name: name.to_string(),
-            email: Some(user.email.clone()),
-            roles: user.roles.clone(),
-            scopes: user.scopes.iter().cloned().collect(),
-            teams: user.teams.clone(),
-            key_prefix: None,
-            rate_limit: None,
-        })
+        Ok(user.principal.clone())
     }
 
     /// The source `namespace/name`. Sources hold no roles; their scopes come with their keys.
-    pub fn source(&self, namespace: &str, name: &str) -> Result<Principal, Refusal> {
+    pub fn source(&self, namespace: &str, name: &str) -> Result<Arc<Principal>, Refusal> {
         match self.sources.get(&(namespace.to_string(), name.to_string())) {
             None => Err(Refusal::OwnerUnknown),
             Some(info) if !info.enabled => Err(Refusal::OwnerDisabled),
-            Some(info) => Ok(Principal {
-                subject: format!("source:{namespace}/{name}"),
-                name: name.to_string(),
-                email: None,
-                roles: Vec::new(),
-                scopes: Vec::new(),
-                teams: Vec::new(),
-                key_prefix: None,
-                rate_limit: info.rate_limit.clone(),
-            }),
+            Some(info) => Ok(info.principal.clone()),
         }
     }
 
@@ -228,8 +289,8 @@ impl Directory {
     /// `portcullis:source:<namespace>/<name>` names either explicitly; otherwise DNS SANs
     /// and the CN are tried as a user name, then as a source of this namespace. A
     /// certificate whose names lead to two different principals is refused, not guessed.
-    pub fn certificate(&self, cert: &CertIdentity, namespace: &str) -> Result<Principal, Refusal> {
-        let mut candidates: Vec<Result<Principal, Refusal>> = Vec::new();
+    pub fn certificate(&self, cert: &CertIdentity, namespace: &str) -> Result<Arc<Principal>, Refusal> {
+        let mut candidates: Vec<Result<Arc<Principal>, Refusal>> = Vec::new();
         for email in &cert.emails {
             let user = self
                 .emails
@@ -250,7 +311,7 @@ impl Directory {
                 candidates.push(self.source(namespace, name));
             }
         }
-        let mut found: Option<Principal> = None;
+        let mut found: Option<Arc<Principal>> = None;
         for candidate in candidates {
             match candidate {
                 Ok(p) => match &found {
@@ -316,7 +377,7 @@ mod tests {
             generated_at: NOW,
             roles: vec![RoleEntry {
                 name: "viewer".into(),
-                scopes: vec!["read".into()],
+                scopes: vec!["list".into(), "read".into()],
             }],
             users: vec![
                 UserEntry {
@@ -432,6 +493,26 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_follow_the_principal_a_key_narrows() {
+        let d = directory();
+        let header = |p: &Principal, name: &HeaderName| {
+            p.identity_headers()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        let user = d.user("bob").unwrap();
+        // Built from the user's own scopes first, so a stale cache would show them below.
+        let user_scopes = header(&user, &X_AUTH_SCOPES).unwrap();
+        assert_eq!(user_scopes, "list,read");
+        assert_eq!(header(&user, &X_AUTH_USER).as_deref(), Some("bob"));
+        assert_eq!(header(&user, &X_AUTH_TEAMS).as_deref(), Some("platform:member"));
+        let key = d.api_key("pck_bob", NOW).unwrap();
+        assert_eq!(header(&key, &X_AUTH_SCOPES).as_deref(), Some("read"));
+        assert!(Arc::ptr_eq(&user, &d.user("bob").unwrap()), "one principal per user");
+    }
+
+    #[test]
     fn certificates_map_to_one_principal_or_none() {
         let d = directory();
         let cert = |emails: &[&str], uris: &[&str], dns: &[&str], cn: Option<&str>| CertIdentity {
@@ -445,7 +526,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (by_email.subject.as_str(), by_email.scopes.as_slice()),
-            ("user:bob", &["read".to_string()][..])
+            ("user:bob", &["list".to_string(), "read".to_string()][..])
         );
         assert_eq!(
             d.certificate(&cert(&[], &[], &[], Some("bob")), "shop")

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use portcullis_wire::{ClaimSource, JwtIssuer, JwtKey};
+
+use crate::identity::Principal;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -29,6 +31,9 @@ pub struct Claims {
     pub roles: Vec<String>,
     pub scopes: Vec<String>,
     pub source: ClaimSource,
+    /// For an issuer whose tokens carry the identity (`claims: token`), the principal they
+    /// describe: built once per verified token and shared by its requests.
+    pub bearer: Option<Arc<Principal>>,
 }
 
 /// Why a token was refused. Values are metric labels, so the set is closed.
@@ -85,9 +90,38 @@ struct Entry {
 /// empty cache) whenever the snapshot's issuers change.
 pub struct Verifier {
     keys: Vec<Key>,
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Vec<Mutex<HashMap<String, Entry, TailHash>>>,
     shard_capacity: usize,
-    hasher: RandomState,
+    hasher: TailHash,
+}
+
+/// Hashes a token by its last bytes only, keyed as the std hasher is. Those bytes are the
+/// signature's, which no two cached tokens share (only verified tokens are cached, and a
+/// signature covers the rest); hashing all of a 300-byte token was a tenth of a cache hit.
+/// The map still compares whole tokens: a shared tail can only cost a lookup, never match.
+#[derive(Clone, Default)]
+struct TailHash(RandomState);
+
+const HASHED_TAIL: usize = 32;
+
+impl BuildHasher for TailHash {
+    type Hasher = TailHasher;
+
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+struct TailHasher(std::hash::DefaultHasher);
+
+impl std::hash::Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
 }
 
 impl Verifier {
@@ -119,11 +153,14 @@ impl Verifier {
         }
         // Fewer shards than SHARDS for tiny capacities keeps the total within `cache_capacity`.
         let shard_count = cache_capacity.clamp(1, SHARDS);
+        let hasher = TailHash::default();
         let verifier = Verifier {
             keys,
-            shards: (0..shard_count).map(|_| Mutex::default()).collect(),
+            shards: (0..shard_count)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
             shard_capacity: cache_capacity / shard_count,
-            hasher: RandomState::new(),
+            hasher,
         };
         (verifier, problems)
     }
@@ -196,15 +233,24 @@ impl Verifier {
             Some(scope) => scope.into_strings(true),
             None => payload.scp.map_or_else(Vec::new, |scp| scp.into_strings(true)),
         };
+        let roles = payload.roles.map_or_else(Vec::new, |roles| roles.into_strings(false));
+        let bearer = (key.source == ClaimSource::Token).then(|| {
+            Arc::new(Principal {
+                roles: roles.clone(),
+                scopes: scopes.clone(),
+                ..Principal::named(format!("jwt:{subject}"), subject.clone(), payload.email.clone())
+            })
+        });
         let claims = Claims {
             issuer: key.issuer.clone(),
             subject,
             session: payload.sid,
             expires_at: exp,
             email: payload.email,
-            roles: payload.roles.map_or_else(Vec::new, |roles| roles.into_strings(false)),
+            roles,
             scopes,
             source: key.source,
+            bearer,
         };
         Ok(Entry {
             claims: Arc::new(claims),
@@ -213,11 +259,12 @@ impl Verifier {
         })
     }
 
-    fn shard(&self, token: &str) -> Option<&Mutex<HashMap<String, Entry>>> {
+    fn shard(&self, token: &str) -> Option<&Mutex<HashMap<String, Entry, TailHash>>> {
         if self.shard_capacity == 0 {
             return None;
         }
-        let index = self.hasher.hash_one(token) % self.shards.len() as u64;
+        // High bits pick the shard; the map inside buckets by the low ones.
+        let index = (self.hasher.hash_one(token) >> 48) % self.shards.len() as u64;
         self.shards.get(index as usize)
     }
 
@@ -746,6 +793,8 @@ dQIDAQAB\n\
         let parts: Vec<&str> = token.split('.').collect();
         let forged = b64(&serde_json::to_vec(&with(json!({"sub": "root"}))).unwrap());
         let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        // Same signature, so the same hashed tail as the cached token: only a whole-token
+        // match may answer from the cache.
         assert_eq!(v.verify(&tampered, NOW), Err(JwtRefusal::BadSignature));
         assert_eq!(v.cached_len(), 1);
     }

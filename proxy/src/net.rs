@@ -106,24 +106,29 @@ impl TrustedProxies {
 }
 
 /// Wraps a connection so that it fails with `TimedOut` once no byte has moved either
-/// way for `idle`. The deadline is re-armed lazily, only when the timer fires, so the
-/// per-read cost is one clock read.
+/// way for `idle` (to within a quarter of it). Reads and writes only raise a flag; a timer
+/// that ticks four times per `idle` clears it and counts the quiet ticks, so moving bytes
+/// costs no clock read.
 pub struct IdleTimeout<T> {
     inner: T,
-    idle: Duration,
-    last: Instant,
+    tick: Duration,
+    active: bool,
+    quiet_ticks: u32,
     timer: Pin<Box<Sleep>>,
     on_timeout: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
+const TICKS_PER_IDLE: u32 = 4;
+
 impl<T> IdleTimeout<T> {
     pub fn new(inner: T, idle: Duration, on_timeout: impl FnOnce() + Send + Sync + 'static) -> IdleTimeout<T> {
-        let now = Instant::now();
+        let tick = (idle / TICKS_PER_IDLE).max(Duration::from_millis(1));
         IdleTimeout {
             inner,
-            idle,
-            last: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            tick,
+            active: false,
+            quiet_ticks: 0,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now() + tick)),
             on_timeout: Some(Box::new(on_timeout)),
         }
     }
@@ -135,20 +140,25 @@ impl<T> IdleTimeout<T> {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            let deadline = self.last + self.idle;
-            if Instant::now() >= deadline {
+            if std::mem::take(&mut self.active) {
+                self.quiet_ticks = 0;
+            } else {
+                self.quiet_ticks += 1;
+            }
+            if self.quiet_ticks >= TICKS_PER_IDLE {
                 if let Some(hook) = self.on_timeout.take() {
                     hook();
                 }
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
             }
-            self.timer.as_mut().reset(deadline);
+            let next = self.timer.deadline() + self.tick;
+            self.timer.as_mut().reset(next);
         }
     }
 
     fn touch<R>(&mut self, result: &Poll<io::Result<R>>) {
         if let Poll::Ready(Ok(_)) = result {
-            self.last = Instant::now();
+            self.active = true;
         }
     }
 }
@@ -276,9 +286,16 @@ mod tests {
         for _ in 0..4 {
             server.read_exact(&mut buf).await.unwrap();
         }
+        let last_byte = Instant::now();
         let _client = writer.await.unwrap();
         let err = server.read_exact(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // Fifteen seconds of traffic did not time out; quiet does, within a quarter of idle.
+        let quiet = last_byte.elapsed();
+        assert!(
+            quiet >= Duration::from_secs(5) && quiet <= Duration::from_millis(6250),
+            "{quiet:?}"
+        );
         assert!(fired.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

@@ -10,40 +10,54 @@ use hyper::{Response, StatusCode};
 use crate::Body;
 use crate::headers::{X_CORRELATION_ID, X_REQUEST_ID};
 
-/// A correlation id from the client when it is a sane token, else a fresh one.
-pub fn correlation_id(headers: &hyper::HeaderMap) -> String {
+/// A correlation id from the client when it is a sane token, else a fresh one. As a
+/// header value: it is sent to the app and back to the client, and only logged as text.
+pub fn correlation_id(headers: &hyper::HeaderMap) -> HeaderValue {
     for name in [X_CORRELATION_ID, X_REQUEST_ID] {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok())
+        if let Some(v) = headers.get(name)
             && (1..=128).contains(&v.len())
-            && v.bytes()
+            && v.as_bytes()
+                .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
-            return v.to_string();
+            return v.clone();
         }
     }
     fresh_id()
 }
 
-/// 128 bits: a per-process random half (from the std hasher's OS-seeded keys) and a counter.
-fn fresh_id() -> String {
+/// 128 bits in hex: a per-process random half (from the std hasher's OS-seeded keys) and
+/// a counter.
+fn fresh_id() -> HeaderValue {
     use std::hash::{BuildHasher, RandomState};
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| RandomState::new().hash_one(std::process::id()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{seed:016x}{n:016x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, byte) in seed.to_be_bytes().into_iter().chain(n.to_be_bytes()).enumerate() {
+        id[2 * i] = HEX[usize::from(byte >> 4)];
+        id[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&id)).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The text of a correlation id (always visible ASCII, as `correlation_id` made it).
+pub fn id_text(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 /// The error body of DESIGN.md:
 /// `{"status":"error","error":{"code":…,"message":…},"meta":{"version":1,"timestamp":…,"correlation_id":…}}`.
-pub fn error(status: StatusCode, code: &str, message: &str, correlation_id: &str) -> Response<Body> {
+pub fn error(status: StatusCode, code: &str, message: &str, correlation_id: &HeaderValue) -> Response<Body> {
     let body = serde_json::json!({
         "status": "error",
         "error": {"code": code, "message": message},
         "meta": {
             "version": 1,
             "timestamp": jiff::Timestamp::now().to_string(),
-            "correlation_id": correlation_id,
+            "correlation_id": id_text(correlation_id),
         }
     });
     let mut response = Response::new(full(Bytes::from(body.to_string())));
@@ -51,9 +65,7 @@ pub fn error(status: StatusCode, code: &str, message: &str, correlation_id: &str
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(id) = HeaderValue::from_str(correlation_id) {
-        headers.insert(X_CORRELATION_ID, id);
-    }
+    headers.insert(X_CORRELATION_ID, correlation_id.clone());
     response
 }
 
@@ -83,12 +95,18 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("<script>"));
         let fresh = correlation_id(&h);
         assert_eq!(fresh.len(), 32);
+        assert!(id_text(&fresh).bytes().all(|b| b.is_ascii_hexdigit()), "{fresh:?}");
         assert_ne!(fresh, correlation_id(&h), "fresh ids differ");
     }
 
     #[tokio::test]
     async fn errors_have_the_documented_shape() {
-        let r = error(StatusCode::FORBIDDEN, "forbidden", "missing scope read", "cid-1");
+        let r = error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "missing scope read",
+            &HeaderValue::from_static("cid-1"),
+        );
         assert_eq!(r.status(), 403);
         assert_eq!(r.headers()[X_CORRELATION_ID], "cid-1");
         let body = r.into_body().collect().await.unwrap().to_bytes();

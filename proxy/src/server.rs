@@ -257,11 +257,7 @@ async fn serve_connection(
     });
     match tls {
         None => {
-            let conn = Conn {
-                peer,
-                tls: false,
-                client_cert: None,
-            };
+            let conn = Conn::new(peer, false, None);
             serve_http(io, conn, gate, limits, watcher).await;
         }
         Some(acceptor) => {
@@ -286,11 +282,7 @@ async fn serve_connection(
                 .and_then(|certs| certs.first())
                 .and_then(|leaf| tls::cert_identity(leaf).ok())
                 .map(Arc::new);
-            let conn = Conn {
-                peer,
-                tls: true,
-                client_cert,
-            };
+            let conn = Conn::new(peer, true, client_cert);
             serve_http(stream, conn, gate, limits, watcher).await;
         }
     }
