@@ -106,7 +106,9 @@ impl Http1Pool {
         .map_err(|_| UpstreamError::Connect)?
         .map_err(|_| UpstreamError::Connect)?;
         let _ = stream.set_nodelay(true);
+        // One buffer per request (see the server's builder).
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| UpstreamError::Connect)?;

@@ -182,7 +182,10 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.header_timeout)
         .max_buf_size(config.max_header_bytes)
         .max_headers(config.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Head and a small body in one buffer, one write: cheaper than a two-part writev for
+        // the typical API response; large bodies are copied in bounded chunks.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

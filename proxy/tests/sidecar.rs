@@ -832,3 +832,25 @@ async fn idle_connections_are_closed() {
     assert!(started.elapsed() >= Duration::from_millis(800));
     sidecar.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn large_bodies_cross_both_ways_unchanged() {
+    let app = app().await;
+    let sidecar = sidecar(&app, &[], true).await;
+    let root = token(Algorithm::HS256, None, claims("root"));
+    // 3 MiB, a pattern that shows any reordered, lost or repeated chunk.
+    let body: String = (0..3 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect();
+    let r = request(
+        sidecar.http(),
+        "POST",
+        "/api/v1/echo",
+        &[("authorization", &bearer(&root))],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body.as_bytes(), "the echoed body differs");
+}

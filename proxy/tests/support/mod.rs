@@ -121,6 +121,9 @@ pub async fn app() -> App {
                                 .header("upgrade", "websocket")
                                 .body(full(""))
                                 .unwrap()
+                        } else if path.ends_with("/echo") {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            Response::new(Full::new(body).boxed())
                         } else if path.starts_with("/grpc.") {
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let mut trailers = HeaderMap::new();
