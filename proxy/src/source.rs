@@ -162,3 +162,118 @@ async fn fetch(
         other => Err(format!("control plane answered {other}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    use hyper::{Response, service::service_fn};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the fake control plane was asked: URI and `Authorization`.
+    type Requests = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+    fn pod() -> Pod {
+        Pod {
+            namespace: "shop".into(),
+            labels: Default::default(),
+        }
+    }
+
+    fn document(revision: i64) -> Vec<u8> {
+        serde_json::to_vec(&Snapshot {
+            revision,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bad_or_older_snapshot_keeps_the_one_in_force() {
+        let (current, metrics) = (Current::default(), Metrics::new());
+        assert!(apply(&document(2), &current, &pod(), 16, &metrics, "test"));
+        assert!(!apply(
+            b"{\"revision\": 3, \"users\": 7",
+            &current,
+            &pod(),
+            16,
+            &metrics,
+            "test"
+        ));
+        assert!(!apply(&document(1), &current, &pod(), 16, &metrics, "test"), "older");
+        assert_eq!(current.load().unwrap().revision, 2);
+        let counted = |outcome: &str| metrics.snapshot_updates.with_label_values(&[outcome]).get();
+        assert_eq!((counted("installed"), counted("error"), counted("refused")), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_is_long_polled_with_the_token_and_the_revision_held() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Requests = Arc::default();
+        let record = seen.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let auth = request
+                            .headers()
+                            .get(header::AUTHORIZATION)
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let uri = request.uri().to_string();
+                        record.lock().unwrap().push((uri.clone(), auth));
+                        async move {
+                            let response = if uri.contains("revision=-1") {
+                                Response::new(Full::new(Bytes::from(document(5))))
+                            } else {
+                                // Nothing newer within the wait.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Response::builder()
+                                    .status(StatusCode::NOT_MODIFIED)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "tok-123\n").unwrap();
+        let current = Arc::new(Current::default());
+        let poller = tokio::spawn(poll_control_plane(
+            base,
+            Some(token_file),
+            current.clone(),
+            pod(),
+            16,
+            Arc::new(Metrics::new()),
+        ));
+        for _ in 0..200 {
+            if seen.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        poller.abort();
+        server.abort();
+        assert_eq!(current.load().map(|c| c.revision), Some(5));
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert_eq!(seen[0].0, "/api/v1/snapshots/shop?revision=-1&wait=30");
+        assert_eq!(seen[1].0, "/api/v1/snapshots/shop?revision=5&wait=30");
+        assert!(seen.iter().all(|(_, auth)| auth.as_deref() == Some("Bearer tok-123")));
+    }
+}
