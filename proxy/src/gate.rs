@@ -517,8 +517,10 @@ impl Gate {
             self.trusted.trusts(conn.peer.ip()),
             headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
         ) {
-            (true, Some(chain)) => HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).ok(),
-            _ => Some(conn.peer_ip.clone()),
+            (true, Some(chain)) => {
+                HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).unwrap_or_else(|_| conn.peer_ip.clone())
+            }
+            _ => conn.peer_ip.clone(),
         };
         if let Some(p) = &admitted.principal {
             for (name, value) in p.identity_headers() {
@@ -527,9 +529,7 @@ impl Gate {
         }
         headers.insert(X_CORRELATION_ID, correlation_id.clone());
         headers.insert(X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str()));
-        if let Some(xff) = xff {
-            headers.insert(X_FORWARDED_FOR, xff);
-        }
+        headers.insert(X_FORWARDED_FOR, xff);
         let proto = if conn.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
