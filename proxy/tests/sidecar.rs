@@ -597,26 +597,7 @@ async fn websockets_upgrade_only_after_auth() {
 async fn mtls_identifies_users_by_certificate_and_refuses_other_cas() {
     let app = app().await;
     let pki = pki();
-    let ca = pki.ca_file.display().to_string();
-    let cert = pki.server_cert.display().to_string();
-    let key = pki.server_key.display().to_string();
-    let sidecar = sidecar(
-        &app,
-        &[
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &ca,
-            "--client-auth",
-            "optional",
-        ],
-        true,
-    )
-    .await;
+    let sidecar = tls_sidecar(&app, &pki, "optional").await;
     let tls = sidecar.running.tls.unwrap();
 
     let stream = tls_connect(tls, &pki, Some(&pki.alice), &[b"http/1.1"]).await.unwrap();
@@ -660,23 +641,7 @@ async fn mtls_identifies_users_by_certificate_and_refuses_other_cas() {
     sidecar.running.shutdown().await;
 
     // Required: no certificate, no connection.
-    let required = support::sidecar(
-        &app,
-        &[
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &ca,
-            "--client-auth",
-            "required",
-        ],
-        true,
-    )
-    .await;
+    let required = tls_sidecar(&app, &pki, "required").await;
     let tls = required.running.tls.unwrap();
     let anonymous = async {
         let stream = tls_connect(tls, &pki, None, &[b"http/1.1"]).await?;
@@ -853,4 +818,24 @@ async fn large_bodies_cross_both_ways_unchanged() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), body.len());
     assert!(r.body == body.as_bytes(), "the echoed body differs");
+}
+
+/// The sidecar with a TLS listener that asks for client certificates (`client_auth`).
+async fn tls_sidecar(app: &App, pki: &Pki, client_auth: &str) -> Sidecar {
+    let ca = pki.ca_file.display().to_string();
+    let cert = pki.server_cert.display().to_string();
+    let key = pki.server_key.display().to_string();
+    let flags = [
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--client-ca",
+        &ca,
+        "--client-auth",
+        client_auth,
+    ];
+    sidecar(app, &flags, true).await
 }
