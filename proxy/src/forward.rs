@@ -13,8 +13,10 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 
-use crate::pool::Http1Pool;
+use crate::headers::{connection_options, is_hop_by_hop};
+use crate::pool::{AppUpgrade, Http1Pool};
 use crate::{Body, BoxError};
 
 /// HTTP version spoken to the app.
@@ -58,6 +60,22 @@ pub fn upstream_authority(url: &str) -> Result<Authority, String> {
     uri.authority()
         .cloned()
         .ok_or_else(|| format!("--upstream {url:?}: missing host"))
+}
+
+/// Headers the sidecar sets on a forwarded request, kept beside it: written straight into
+/// an HTTP/1.1 request head after the client's headers (which no longer hold these names),
+/// they are never hashed into the request's map; for h2c they go into it.
+pub struct Added<'a> {
+    /// `X-Auth-User` and the rest, as the principal built them once.
+    pub identity: &'a [(HeaderName, HeaderValue)],
+    /// Correlation id, auth method, `X-Forwarded-For`, `X-Forwarded-Proto`.
+    pub ours: [(HeaderName, HeaderValue); 4],
+}
+
+impl Added<'_> {
+    pub fn iter(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.identity.iter().chain(self.ours.iter())
+    }
 }
 
 /// Why the app did not answer.
@@ -137,9 +155,13 @@ impl Upstream {
         &self,
         mut request: Request<Body>,
         path_and_query: &str,
+        added: &Added<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
         let h2 = self.wants_http2(&request);
         let sent = if h2 {
+            for (name, value) in added.iter() {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
             let uri = Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(self.authority.clone())
@@ -167,45 +189,27 @@ impl Upstream {
             }
             *request.uri_mut() = Uri::try_from(path_and_query).map_err(|_| UpstreamError::Protocol)?;
             *request.version_mut() = Version::HTTP_11;
-            tokio::time::timeout(self.timeout, self.http1.send(request)).await
+            tokio::time::timeout(self.timeout, self.http1.send(request, added.iter())).await
         };
         sent.unwrap_or(Err(UpstreamError::Timeout))
     }
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus
-/// any header the `Connection` header names.
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any header the
+/// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over what is there (usually none of these), rather than a hashed removal
-    // of every name that could be: this runs twice per request. Names are lowercase here.
+    // of every name that could be: this runs twice per request.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        let hop = match name.as_str() {
-            "connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "trailer"
-            | "keep-alive"
-            | "proxy-connection" => true,
-            // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
-            "te" => !value.as_bytes().eq_ignore_ascii_case(b"trailers"),
-            _ => false,
-        };
-        if !hop {
+        if !is_hop_by_hop(name, value) {
             continue;
         }
         if !doomed.contains(name) {
             doomed.push(name.clone());
         }
         if *name == header::CONNECTION {
-            let named = value
-                .to_str()
-                .into_iter()
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-            doomed.extend(named);
+            doomed.extend(connection_options(value));
         }
     }
     for name in doomed {
@@ -233,15 +237,20 @@ pub fn splice_upgrade(client: hyper::upgrade::OnUpgrade, app: &mut Response<Body
     if app.status() != StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let app_side = hyper::upgrade::on(app);
+    let Some((mut app_side, early)) = app.extensions_mut().remove::<AppUpgrade>().and_then(|u| u.take()) else {
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(client), Ok(app)) = tokio::join!(client, app_side) else {
+        let Ok(client) = client.await else {
             return;
         };
         let mut client = TokioIo::new(client);
-        let mut app = TokioIo::new(app);
+        // What the app sent right behind its 101 was read with the head.
+        if !early.is_empty() && client.write_all(&early).await.is_err() {
+            return;
+        }
         // Ends when either side closes; errors are the peers' to see.
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut app_side).await;
     });
 }
 

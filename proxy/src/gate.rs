@@ -15,7 +15,7 @@ use portcullis_wire::{ClaimSource, HttpMethod, PolicyRule};
 use tracing::{debug, info};
 
 use crate::authz::{self, Decision};
-use crate::forward::{self, Upstream, UpstreamError};
+use crate::forward::{self, Added, Upstream, UpstreamError};
 use crate::headers::*;
 use crate::identity::Principal;
 use crate::jwt::JwtRefusal;
@@ -249,8 +249,8 @@ impl Gate {
             Some(q) if !q.is_empty() => format!("{}?{q}", admitted.path.canonical),
             _ => admitted.path.canonical.clone(),
         };
-        let forwarded = self.prepare(request, &admitted, correlation_id, conn, upgrade);
-        let mut app_response = self.upstream.send(forwarded, &target).await.map_err(|e| {
+        let (forwarded, added) = self.prepare(request, &admitted, correlation_id, conn, upgrade);
+        let mut app_response = self.upstream.send(forwarded, &target, &added).await.map_err(|e| {
             self.metrics.upstream_errors.with_label_values(&[e.as_str()]).inc();
             trace.reason = e.as_str();
             match e {
@@ -493,25 +493,19 @@ impl Gate {
         Ok(())
     }
 
-    /// The request as the app sees it: hop-by-hop headers gone, identity headers set by
-    /// us alone, forwarding headers rewritten, body size capped while streaming.
-    #[allow(clippy::too_many_arguments)]
-    fn prepare(
+    /// The request as the app sees it: hop-by-hop headers gone, the client's copies of the
+    /// headers we set removed, body size capped while streaming. What we set comes back
+    /// beside the request (see [`Added`]).
+    fn prepare<'a>(
         &self,
         request: Request<Incoming>,
-        admitted: &Admitted,
+        admitted: &'a Admitted,
         correlation_id: &HeaderValue,
         conn: &Conn,
         upgrade: Option<HeaderValue>,
-    ) -> Request<Body> {
+    ) -> (Request<Body>, Added<'a>) {
         let (mut parts, body) = request.into_parts();
         let headers = &mut parts.headers;
-        strip_client_identity_headers(headers);
-        forward::strip_hop_by_hop(headers);
-        if let Some(protocol) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
         // From an untrusted peer the chain is whatever the client wrote: start it afresh.
         let xff = match (
             self.trusted.trusts(conn.peer.ip()),
@@ -522,19 +516,25 @@ impl Gate {
             }
             _ => conn.peer_ip.clone(),
         };
-        if let Some(p) = &admitted.principal {
-            for (name, value) in p.identity_headers() {
-                headers.insert(name.clone(), value.clone());
-            }
+        strip_client_identity_headers(headers);
+        forward::strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
         }
-        headers.insert(X_CORRELATION_ID, correlation_id.clone());
-        headers.insert(X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str()));
-        headers.insert(X_FORWARDED_FOR, xff);
         let proto = if conn.tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        let added = Added {
+            identity: admitted.principal.as_ref().map_or(&[], |p| p.identity_headers()),
+            ours: [
+                (X_CORRELATION_ID, correlation_id.clone()),
+                (X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str())),
+                (X_FORWARDED_FOR, xff),
+                (X_FORWARDED_PROTO, HeaderValue::from_static(proto)),
+            ],
+        };
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let body = Limited::new(body, limit).boxed();
-        Request::from_parts(parts, body)
+        (Request::from_parts(parts, body), added)
     }
 
     fn finish(
@@ -573,18 +573,25 @@ impl Gate {
     }
 }
 
-/// Removes every header the client could use to impersonate: our identity headers and
-/// a forwarded client certificate (read beforehand, from trusted peers only).
+/// Removes every header the client could use to impersonate, or that we set: our identity
+/// headers, a forwarded client certificate (read beforehand, from trusted peers only), and
+/// the client's correlation id and forwarding headers (read beforehand; ours replace them).
+/// One pass over the headers, which usually holds none of these.
 fn strip_client_identity_headers(headers: &mut HeaderMap) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().as_bytes().starts_with(IDENTITY_PREFIX))
+        .filter(|name| {
+            name.as_str().as_bytes().starts_with(IDENTITY_PREFIX)
+                || matches!(
+                    name.as_str(),
+                    "x-client-cert" | "x-correlation-id" | "x-forwarded-for" | "x-forwarded-proto"
+                )
+        })
         .cloned()
         .collect();
     for name in spoofed {
         headers.remove(name);
     }
-    headers.remove(X_CLIENT_CERT);
 }
 
 /// The value of a header that may appear at most once: two values are ambiguous (which

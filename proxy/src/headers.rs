@@ -1,7 +1,7 @@
 //! Header names the sidecar reads and writes, as constants: a `&str` name is parsed and
 //! validated on every use, a `HeaderName` constant never is.
 
-use hyper::header::HeaderName;
+use hyper::header::{HeaderName, HeaderValue};
 
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub const X_CLIENT_CERT: HeaderName = HeaderName::from_static("x-client-cert");
@@ -17,3 +17,32 @@ pub const X_AUTH_TEAMS: HeaderName = HeaderName::from_static("x-auth-teams");
 pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 pub const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 pub const SUNSET: HeaderName = HeaderName::from_static("sunset");
+
+/// Whether a header describes one hop and must not be forwarded (RFC 9110 §7.6.1).
+pub fn is_hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
+    match name.as_str() {
+        "connection"
+        | "transfer-encoding"
+        | "upgrade"
+        | "proxy-authorization"
+        | "proxy-authenticate"
+        | "trailer"
+        | "keep-alive"
+        | "proxy-connection" => true,
+        // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
+        "te" => !value.as_bytes().eq_ignore_ascii_case(b"trailers"),
+        _ => false,
+    }
+}
+
+/// The headers a `Connection` value names as hop-by-hop, beyond the ones that always are:
+/// `Connection: keep-alive` or `close`, by far the most common values, name none.
+pub fn connection_options(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(b"close"))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .filter(|name| !is_hop_by_hop(name, value))
+}

@@ -16,6 +16,7 @@ pub mod cors;
 pub mod forward;
 pub mod gate;
 pub mod headers;
+pub mod http1;
 pub mod identity;
 pub mod jwt;
 pub mod metrics;

@@ -32,7 +32,10 @@ async fn jwts_from_each_issuer_are_accepted_and_identity_reaches_the_app() {
             ("authorization", &bearer(&hs)),
             ("x-auth-user", "root"),
             ("x-auth-roles", "admin"),
+            ("x-auth-method", "none"),
             ("x-correlation-id", "req-42"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
         ],
     )
     .await;
@@ -51,8 +54,21 @@ async fn jwts_from_each_issuer_are_accepted_and_identity_reaches_the_app() {
     assert_eq!(seen.headers["x-auth-email"], "alice@example.com");
     assert_eq!(seen.headers["x-auth-scopes"], "read");
     assert_eq!(seen.headers["x-auth-teams"], "platform:member");
-    assert_eq!(seen.headers["x-auth-method"], "jwt");
-    assert_eq!(seen.headers["x-correlation-id"], "req-42");
+    // Each header we set reaches the app once, with our value: the client's copy is gone.
+    let only = |name: &str| {
+        let values: Vec<_> = seen.headers.get_all(name).iter().collect();
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        values[0].to_str().unwrap().to_string()
+    };
+    assert_eq!(only("x-auth-user"), "alice");
+    assert_eq!(only("x-auth-method"), "jwt");
+    assert_eq!(only("x-correlation-id"), "req-42");
+    assert_eq!(
+        only("x-forwarded-for"),
+        "127.0.0.1",
+        "an untrusted peer's chain starts afresh"
+    );
+    assert_eq!(only("x-forwarded-proto"), "http");
     assert!(!seen.headers.contains_key("authorization") || seen.headers["authorization"] == bearer(&hs).as_str());
 
     // RS256 by kid.

@@ -1,0 +1,705 @@
+//! HTTP/1.1 as the sidecar speaks it to the app: the request head it writes, the response
+//! head it parses, and how a response body is delimited (RFC 9112 §6).
+//!
+//! The client side of a sidecar is narrow: one upstream, requests already checked by the
+//! gate, origin-form targets. Writing the head and reading the response in the request's
+//! own task (see [`crate::pool`]) costs a third of what a general client's connection task
+//! does. The parsing is strict where a lenient reading could let a response be framed
+//! differently by us and by the client: conflicting lengths, a length beside
+//! `Transfer-Encoding`, malformed chunk sizes are errors, never guesses.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Response, StatusCode, Version};
+
+use crate::headers::{connection_options, is_hop_by_hop};
+
+/// The largest response head (status line, headers) or trailer section accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// As many as hyper's server accepts by default.
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line with its extensions.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why a response could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed response head")]
+    Head,
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("conflicting or invalid Content-Length")]
+    Length,
+    #[error("Content-Length beside Transfer-Encoding")]
+    LengthAndEncoding,
+    #[error("malformed chunked body")]
+    Chunk,
+    #[error("the app closed the connection before the body ended")]
+    Truncated,
+    #[error("the app switched protocols unasked")]
+    UnaskedUpgrade,
+}
+
+/// How a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the app closes the connection (responses only).
+    Close,
+}
+
+/// How a request body of this method and size goes on the wire: its declared length if it
+/// has one, chunked otherwise. An empty POST, PUT or PATCH still says `content-length: 0`,
+/// which some servers require.
+pub fn request_framing(method: &Method, end_stream: bool, exact_len: Option<u64>) -> Framing {
+    let expects_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    match (end_stream, exact_len) {
+        (true, _) | (false, Some(0)) if !expects_body => Framing::Empty,
+        (true, _) => Framing::Length(0),
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Chunked,
+    }
+}
+
+/// Appends the request head to `out`: `headers`, then `added`. Framing headers come from
+/// `framing` alone: whatever `Content-Length` or `Transfer-Encoding` the map holds is not
+/// written.
+pub fn encode_request_head<'a>(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: impl Iterator<Item = &'a (HeaderName, HeaderValue)>,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let own = headers
+        .iter()
+        .filter(|(name, _)| *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING);
+    for (name, value) in own.chain(added.map(|(name, value)| (name, value))) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Empty | Framing::Close => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body.
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        // A zero-size chunk would end the body.
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body, without trailers (the app gets none from us).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection can carry another request once this body has been read.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`, removing it (and any interim `1xx`
+/// response before it) from `buf`. `Ok(None)`: more bytes are needed.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    asked_upgrade: bool,
+) -> Result<Option<Head>, ProtocolError> {
+    loop {
+        // Uninitialised slots: zeroing 100 of them would cost more than the parse.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                    return Err(ProtocolError::HeadTooLarge);
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(ProtocolError::HeadTooLarge),
+                Err(_) => return Err(ProtocolError::Head),
+            };
+        if len > MAX_HEAD_BYTES {
+            return Err(ProtocolError::HeadTooLarge);
+        }
+        let code = parsed.code.ok_or(ProtocolError::Head)?;
+        let status = StatusCode::from_u16(code).map_err(|_| ProtocolError::Head)?;
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final response follows.
+            let _ = buf.split_to(len);
+            continue;
+        }
+        // Where each header is in `buf`, so that the values can share the head's bytes
+        // instead of being copied one by one.
+        let base = buf.as_ptr() as usize;
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            // Offsets fit: the head is at most MAX_HEAD_BYTES long.
+            *span = (
+                offset(h.name.as_bytes(), base, len) as u32,
+                h.name.len() as u32,
+                offset(h.value, base, len) as u32,
+                h.value.len() as u32,
+            );
+        }
+        let raw = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut close = version == Version::HTTP_10;
+        let mut options = None;
+        // The last Transfer-Encoding value: its last coding decides the framing.
+        let mut encoding = None;
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+            let (name_at, name_len, value_at, value_len) = (
+                name_at as usize,
+                name_len as usize,
+                value_at as usize,
+                value_len as usize,
+            );
+            let name = HeaderName::from_bytes(&raw[name_at..name_at + name_len]).map_err(|_| ProtocolError::Head)?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(value_at..value_at + value_len))
+                .map_err(|_| ProtocolError::Head)?;
+            if name == header::CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        close = false;
+                    }
+                }
+                if connection_options(&value).next().is_some() {
+                    options = Some(value.clone());
+                }
+            }
+            // Hop-by-hop headers end here (the framing is ours to write to the client), except
+            // the protocol a 101 switches to, which the client must see.
+            if is_hop_by_hop(&name, &value) && !(switching && name == header::UPGRADE) {
+                if name == header::TRANSFER_ENCODING {
+                    encoding = Some(value);
+                }
+                continue;
+            }
+            headers.append(name, value);
+        }
+        if let Some(options) = options {
+            for name in connection_options(&options) {
+                headers.remove(name);
+            }
+        }
+        let framing = if switching {
+            if !asked_upgrade {
+                return Err(ProtocolError::UnaskedUpgrade);
+            }
+            close = true;
+            Framing::Empty
+        } else {
+            body_framing(&headers, encoding.as_ref(), method, status)?
+        };
+        if framing == Framing::Close {
+            close = true;
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive: !close,
+        }));
+    }
+}
+
+/// Where `part`, a slice of the parsed head, starts in it (an empty part may point anywhere).
+fn offset(part: &[u8], base: usize, head_len: usize) -> usize {
+    let at = (part.as_ptr() as usize).wrapping_sub(base);
+    if part.is_empty() || at + part.len() > head_len {
+        0
+    } else {
+        at
+    }
+}
+
+/// RFC 9112 §6.3, for a response to `method` with `status`.
+fn body_framing(
+    headers: &HeaderMap,
+    encoding: Option<&HeaderValue>,
+    method: &Method,
+    status: StatusCode,
+) -> Result<Framing, ProtocolError> {
+    if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    let length = content_length(headers)?;
+    if let Some(encoding) = encoding {
+        if length.is_some() {
+            // Which one the next hop would believe is the whole of request smuggling.
+            return Err(ProtocolError::LengthAndEncoding);
+        }
+        let last = encoding
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .map(<[u8]>::trim_ascii)
+            .unwrap_or_default();
+        return Ok(if last.eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        });
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// Every `Content-Length` value (and list member) must be the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
+    let mut found = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
+                return Err(ProtocolError::Length);
+            }
+            let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                return Err(ProtocolError::Length);
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// What a chunked decoder took from the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The body ended with these trailers (possibly none).
+    End(HeaderMap),
+}
+
+/// Decodes a chunked body as its bytes arrive.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Takes what it can from the start of `buf`. `Ok(None)`: more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ProtocolError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        return if buf.len() > MAX_CHUNK_LINE {
+                            Err(ProtocolError::Chunk)
+                        } else {
+                            Ok(None)
+                        };
+                    };
+                    if end > MAX_CHUNK_LINE {
+                        return Err(ProtocolError::Chunk);
+                    }
+                    let size = chunk_size(&buf[..end])?;
+                    let _ = buf.split_to(end + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                    return Ok(Some(Chunk::Data(data)));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtocolError::Chunk);
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Some(Chunk::End(HeaderMap::new())));
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (len, trailers) = match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((len, parsed))) => (len, parsed),
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
+                        _ => return Err(ProtocolError::Chunk),
+                    };
+                    let mut map = HeaderMap::with_capacity(trailers.len());
+                    for t in trailers {
+                        let name = HeaderName::from_bytes(t.name.as_bytes()).map_err(|_| ProtocolError::Chunk)?;
+                        let value = HeaderValue::from_bytes(t.value).map_err(|_| ProtocolError::Chunk)?;
+                        map.append(name, value);
+                    }
+                    let _ = buf.split_to(len);
+                    self.state = ChunkState::Done;
+                    return Ok(Some(Chunk::End(map)));
+                }
+                ChunkState::Done => return Ok(Some(Chunk::End(HeaderMap::new()))),
+            }
+        }
+    }
+}
+
+/// `1a;ext=v` → 26. Hex digits only, at most 16 of them; extensions are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, ProtocolError> {
+    let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits_end);
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(ProtocolError::Chunk);
+    }
+    let rest = rest.trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(ProtocolError::Chunk);
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = (d as char).to_digit(16).ok_or(ProtocolError::Chunk)?;
+        size = (size << 4) | u64::from(v);
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Result<Option<Head>, ProtocolError> {
+        let mut buf = BytesMut::from(raw);
+        parse_response_head(&mut buf, &method, false)
+    }
+
+    fn framing(raw: &str) -> Result<Framing, ProtocolError> {
+        head(raw, Method::GET).map(|h| h.expect("complete head").framing)
+    }
+
+    #[test]
+    fn request_heads_carry_our_framing_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("app"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let mut out = Vec::new();
+        let added = [(HeaderName::from_static("x-ours"), HeaderValue::from_static("1"))];
+        encode_request_head(
+            &Method::POST,
+            "/a?b=c",
+            &headers,
+            added.iter(),
+            Framing::Length(12),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a?b=c HTTP/1.1\r\nhost: app\r\nx-multi: a\r\nx-multi: b\r\nx-ours: 1\r\ncontent-length: 12\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_request_head(
+            &Method::GET,
+            "/",
+            &HeaderMap::new(),
+            std::iter::empty(),
+            Framing::Empty,
+            &mut out,
+        );
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn request_framing_follows_the_body() {
+        assert_eq!(request_framing(&Method::GET, true, Some(0)), Framing::Empty);
+        assert_eq!(request_framing(&Method::POST, true, Some(0)), Framing::Length(0));
+        assert_eq!(request_framing(&Method::POST, false, Some(7)), Framing::Length(7));
+        assert_eq!(request_framing(&Method::PUT, false, None), Framing::Chunked);
+        assert_eq!(request_framing(&Method::DELETE, false, Some(0)), Framing::Empty);
+        let mut out = Vec::new();
+        encode_chunk(b"hello world, 17 b", &mut out);
+        encode_chunk(b"", &mut out);
+        assert_eq!(out, b"11\r\nhello world, 17 b\r\n");
+    }
+
+    #[test]
+    fn response_heads_parse_with_their_framing() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: a\r\nX-App: b\r\n\r\nhello";
+        let mut buf = BytesMut::from(raw);
+        let h = parse_response_head(&mut buf, &Method::GET, false).unwrap().unwrap();
+        assert_eq!(h.response.status(), StatusCode::OK);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        let apps: Vec<_> = h.response.headers().get_all("x-app").iter().collect();
+        assert_eq!(apps, ["a", "b"]);
+        assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Ok(Framing::Close)
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Ok(Framing::Close));
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"),
+            Ok(Framing::Length(3))
+        );
+        let to_head = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!(to_head.framing, Framing::Empty);
+        assert!(to_head.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_end_at_the_parse() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\nX-App: kept\r\n\r\n";
+        let h = head(raw, Method::GET).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Chunked, "framing read before the header is dropped");
+        assert!(h.keep_alive);
+        let names: Vec<_> = h.response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-app"]);
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let mut buf = BytesMut::from(raw);
+        let h = parse_response_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+        assert_eq!(
+            h.response.headers()["upgrade"],
+            "websocket",
+            "the protocol switched to stays"
+        );
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_errors() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Err(ProtocolError::Length)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n"),
+            Err(ProtocolError::Length)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+            Err(ProtocolError::Length)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n"),
+            Err(ProtocolError::Length)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n"),
+            Err(ProtocolError::Length)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(ProtocolError::LengthAndEncoding)
+        );
+        let empty = head("HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert_eq!(empty.response.headers()["x-empty"], "");
+        assert_eq!(
+            head("HTTP/1.1 abc OK\r\n\r\n", Method::GET).err(),
+            Some(ProtocolError::Head)
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", Method::GET).err(),
+            Some(ProtocolError::Head)
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_fail() {
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET).unwrap().is_none());
+        let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(head(&huge, Method::GET).err(), Some(ProtocolError::HeadTooLarge));
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(head(&many, Method::GET).err(), Some(ProtocolError::HeadTooLarge));
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_close_is_honoured() {
+        let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+        let h = head(raw, Method::POST).unwrap().unwrap();
+        assert_eq!(h.response.status(), StatusCode::CREATED);
+        assert!(!h.keep_alive);
+        let old = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", Method::GET)
+            .unwrap()
+            .unwrap();
+        assert!(!old.keep_alive, "HTTP/1.0 closes unless it says keep-alive");
+        let old = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(old.keep_alive);
+    }
+
+    #[test]
+    fn switching_protocols_only_when_asked() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        assert_eq!(head(raw, Method::GET).err(), Some(ProtocolError::UnaskedUpgrade));
+        let mut buf = BytesMut::from(raw);
+        let h = parse_response_head(&mut buf, &Method::GET, true).unwrap().unwrap();
+        assert_eq!(h.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(!h.keep_alive, "the connection belongs to the new protocol");
+    }
+
+    /// Decodes `raw` fed `step` bytes at a time: the result must not depend on how the
+    /// bytes were split across reads.
+    fn dechunk(raw: &[u8], step: usize) -> Result<(Vec<u8>, HeaderMap, Vec<u8>), ProtocolError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Some(Chunk::Data(d)) => body.extend_from_slice(&d),
+                Some(Chunk::End(trailers)) => return Ok((body, trailers, [&buf[..], &raw[fed..]].concat())),
+                None if fed < raw.len() => {
+                    let end = (fed + step).min(raw.len());
+                    buf.extend_from_slice(&raw[fed..end]);
+                    fed = end;
+                }
+                None => return Err(ProtocolError::Truncated),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_are_split() {
+        let raw = b"5;name=value\r\nhello\r\n7 \r\n, world\r\nA\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, raw.len()] {
+            let (body, trailers, rest) = dechunk(raw, step).unwrap();
+            assert_eq!(body, b"hello, world0123456789", "step {step}");
+            assert_eq!(trailers["grpc-status"], "0");
+            assert_eq!(rest, b"NEXT", "bytes after the body are left for the next response");
+        }
+        let (body, trailers, _) = dechunk(b"0\r\n\r\n", 1).unwrap();
+        assert!(body.is_empty() && trailers.is_empty());
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"x\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(
+                dechunk(bad, 1).err(),
+                Some(ProtocolError::Chunk),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let endless_line = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert_eq!(dechunk(&endless_line, 64).err(), Some(ProtocolError::Chunk));
+        assert_eq!(dechunk(b"5\r\nhel", 1).err(), Some(ProtocolError::Truncated));
+    }
+}
