@@ -88,7 +88,7 @@ async fn shutdown_signal() {
 /// footprint before the first allocation (an ELF constructor, which runs ahead of the
 /// allocator's own): transparent huge pages off for this process (`always` on many hosts,
 /// where one touched byte of an arena can cost a 2 MiB page), arenas committed as they are
-/// used rather than up front, and freed pages handed back at once.
+/// used rather than up front, and freed pages handed back after 100 ms unused.
 #[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array.00100")]
@@ -97,12 +97,22 @@ static SET_UP_MEMORY: extern "C" fn() = {
         // mimalloc.h's `mi_option_e`, the same in mimalloc 2 and 3.
         const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
         const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        /// Freed pages go back to the system after this long unused. At 0 (at once) every
+        /// other request paid a page fault for memory it needed again (measured: 0.6 minor
+        /// faults per request, 0.035 at 100 ms, the same peak RSS).
+        const PURGE_DELAY_MS: std::ffi::c_long = 100;
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours;
-        // mi_option_set only stores a number in mimalloc's option table.
+        // getenv reads a NUL-terminated literal; mi_option_set only stores a number in
+        // mimalloc's option table.
         unsafe {
             libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-            libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-            libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+            // mimalloc's own variables (MIMALLOC_PURGE_DELAY=…) win over our defaults.
+            if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+            }
+            if libc::getenv(c"MIMALLOC_PURGE_DELAY".as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(PURGE_DELAY, PURGE_DELAY_MS);
+            }
         }
     }
     set_up

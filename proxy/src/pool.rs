@@ -257,6 +257,11 @@ async fn read_head<R: AsyncRead + Unpin>(
     asked_upgrade: bool,
 ) -> Result<Head, Failed> {
     let mut answered = false;
+    if buf.is_empty() {
+        // Back to the start of the buffer, whose first lines are still in cache, rather than
+        // on through it (only possible once the last response's bytes have all been dropped).
+        let _ = buf.try_reclaim(READ_CHUNK);
+    }
     loop {
         if !buf.is_empty()
             && let Some(head) = http1::parse_response_head(buf, method, asked_upgrade).map_err(|_| Failed::Protocol)?
@@ -560,6 +565,20 @@ mod tests {
             "one connection, reused"
         );
         assert_eq!(pool.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_response_is_read_from_the_start_of_the_buffer() {
+        let (authority, _) = app(false).await;
+        let pool = pool(&authority);
+        let mut ends = Vec::new();
+        for _ in 0..4 {
+            let response = pool.send(get(), std::iter::empty()).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            let idle = pool.idle.lock().unwrap();
+            ends.push(idle.back().unwrap().conn.buf.as_ptr() as usize);
+        }
+        assert!(ends.windows(2).all(|w| w[0] == w[1]), "{ends:?}");
     }
 
     #[tokio::test]
