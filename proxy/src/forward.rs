@@ -285,5 +285,11 @@ mod tests {
         grpc.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut grpc);
         assert_eq!(grpc[header::TE], "trailers");
+        // Named by Connection, even `te: trailers` is this hop's alone.
+        let mut named = HeaderMap::new();
+        named.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        named.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut named);
+        assert!(named.is_empty(), "{named:?}");
     }
 }

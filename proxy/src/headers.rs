@@ -35,14 +35,19 @@ pub fn is_hop_by_hop(name: &HeaderName, value: &HeaderValue) -> bool {
     }
 }
 
-/// The headers a `Connection` value names as hop-by-hop, beyond the ones that always are:
-/// `Connection: keep-alive` or `close`, by far the most common values, name none.
+/// The headers a `Connection` value names as hop-by-hop. `close`, `keep-alive` and
+/// `upgrade`, by far the most common values, are skipped before any name is built: the
+/// first names no header, the other two are hop-by-hop whatever their value.
 pub fn connection_options(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
     value
         .as_bytes()
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(b"close"))
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case(b"close")
+                && !token.eq_ignore_ascii_case(b"keep-alive")
+                && !token.eq_ignore_ascii_case(b"upgrade")
+        })
         .filter_map(|token| HeaderName::from_bytes(token).ok())
-        .filter(|name| !is_hop_by_hop(name, value))
 }

@@ -8,6 +8,7 @@
 //! differently by us and by the client: conflicting lengths, a length beside
 //! `Transfer-Encoding`, malformed chunk sizes are errors, never guesses.
 
+use std::io::Write;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
@@ -92,9 +93,8 @@ pub fn encode_request_head<'a>(
     match framing {
         Framing::Empty | Framing::Close => {}
         Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_u64(n, &mut [0; 20]));
-            out.extend_from_slice(b"\r\n");
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -107,25 +107,18 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
         // A zero-size chunk would end the body.
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    encode_chunk_size(data.len(), out);
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends the size line of a chunk of `len` bytes.
+pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
+    let _ = write!(out, "{len:x}\r\n");
+}
+
 /// The last chunk of a chunked body, without trailers (the app gets none from us).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
 
 /// A parsed response head.
 #[derive(Debug)]
@@ -344,10 +337,6 @@ enum ChunkState {
 }
 
 impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
     /// Takes what it can from the start of `buf`. `Ok(None)`: more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, ProtocolError> {
         loop {

@@ -332,7 +332,7 @@ async fn upload<W: AsyncWrite + Unpin>(
         }
         // A large frame is written from where it is, not copied.
         if framing == Framing::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            http1::encode_chunk_size(data.len(), &mut out);
         }
         writer.write_all(&out).await.map_err(|_| Failed::Protocol)?;
         out.clear();
