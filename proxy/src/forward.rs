@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -174,7 +173,11 @@ impl Upstream {
             request.headers_mut().remove(header::HOST);
             let response = async {
                 match self.http2.request(request).await {
-                    Ok(response) => Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed())),
+                    Ok(mut response) => {
+                        // HTTP/2 has none to send (RFC 9113 §8.2.2), but one never passes.
+                        strip_hop_by_hop(response.headers_mut());
+                        Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed()))
+                    }
                     Err(e) if e.is_connect() => Err(UpstreamError::Connect),
                     Err(_) => Err(UpstreamError::Protocol),
                 }
@@ -198,17 +201,23 @@ impl Upstream {
 /// Removes the headers that describe one hop (RFC 9110 §7.6.1), and any header the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_hop_by_hop_and(headers, |_| false);
+}
+
+/// [`strip_hop_by_hop`], and in the same pass the headers `also` picks.
+pub fn strip_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     // One pass over what is there (usually none of these), rather than a hashed removal
-    // of every name that could be: this runs twice per request.
+    // of every name that could be.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        if !is_hop_by_hop(name, value) {
+        let hop = is_hop_by_hop(name, value);
+        if !hop && !also(name) {
             continue;
         }
         if !doomed.contains(name) {
             doomed.push(name.clone());
         }
-        if *name == header::CONNECTION {
+        if hop && *name == header::CONNECTION {
             doomed.extend(connection_options(value));
         }
     }
@@ -218,7 +227,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` + `Upgrade`).
-pub fn upgrade_protocol(request: &Request<Incoming>) -> Option<HeaderValue> {
+pub fn upgrade_protocol<B>(request: &Request<B>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
         return None;
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use portcullis_wire::{ClaimSource, HttpMethod, PolicyRule};
@@ -17,6 +16,7 @@ use tracing::{debug, info};
 use crate::authz::{self, Decision};
 use crate::forward::{self, Added, Upstream, UpstreamError};
 use crate::headers::*;
+use crate::http1::AppHeaders;
 use crate::identity::Principal;
 use crate::jwt::JwtRefusal;
 use crate::metrics::Metrics;
@@ -26,10 +26,15 @@ use crate::ratelimit::{self, Limiter};
 use crate::response;
 use crate::snapshot::{Compiled, Current, Pod};
 use crate::tls::{CertIdentity, ForwardedCertVerifier};
-use crate::{Body, cors};
+use crate::{Body, BoxError, cors};
 
 /// Identity headers the app trusts; a client never gets to set them.
 const IDENTITY_PREFIX: &[u8] = b"x-auth-";
+
+/// A request body the gate can forward.
+pub trait RequestBody: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+
+impl<B> RequestBody for B where B: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 /// What every connection shares.
 pub struct Gate {
@@ -159,7 +164,9 @@ impl Default for Trace {
 }
 
 impl Gate {
-    pub async fn handle(&self, conn: &Conn, request: Request<Incoming>) -> Response<Body> {
+    /// Answers one request: from hyper (`Incoming` bodies) or from [`crate::front`]
+    /// (bodies read whole with the head).
+    pub async fn handle<B: RequestBody>(&self, conn: &Conn, request: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let correlation_id = response::correlation_id(request.headers());
         let method_label = method_label(request.method());
@@ -203,10 +210,10 @@ impl Gate {
         response
     }
 
-    async fn pass(
+    async fn pass<B: RequestBody>(
         &self,
         conn: &Conn,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         correlation_id: &HeaderValue,
         trace: &mut Trace,
     ) -> Result<Response<Body>, Refused> {
@@ -496,9 +503,9 @@ impl Gate {
     /// The request as the app sees it: hop-by-hop headers gone, the client's copies of the
     /// headers we set removed, body size capped while streaming. What we set comes back
     /// beside the request (see [`Added`]).
-    fn prepare<'a>(
+    fn prepare<'a, B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         admitted: &'a Admitted,
         correlation_id: &HeaderValue,
         conn: &Conn,
@@ -516,8 +523,7 @@ impl Gate {
             }
             _ => conn.peer_ip.clone(),
         };
-        strip_client_identity_headers(headers);
-        forward::strip_hop_by_hop(headers);
+        forward::strip_hop_by_hop_and(headers, is_ours);
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
@@ -547,19 +553,33 @@ impl Gate {
     ) -> Response<Body> {
         let upgraded = app.status() == StatusCode::SWITCHING_PROTOCOLS;
         let (mut parts, body) = app.into_parts();
-        let upgrade = parts.headers.get(header::UPGRADE).cloned();
-        forward::strip_hop_by_hop(&mut parts.headers);
-        if upgraded && let Some(protocol) = upgrade {
+        let deprecated = snapshot.deprecated_version(&path.canonical);
+        let cors = snapshot
+            .cors
+            .as_ref()
+            .zip(request_headers.filter(|h| h.contains_key(header::ORIGIN)));
+        if let Some(app_headers) = parts.extensions.get_mut::<AppHeaders>() {
+            if cors.is_none() && deprecated.is_none() {
+                // Ours replaces the app's; the rest stay as read, for the client's hop.
+                app_headers.remove(&X_CORRELATION_ID);
+            } else if let Some(app_headers) = parts.extensions.remove::<AppHeaders>() {
+                // CORS and deprecation add to the app's headers (`Vary`, `Link`): in a map.
+                app_headers.into_map(&mut parts.headers);
+            }
+        }
+        // Hop-by-hop headers are gone already (the upstream client drops them as it reads),
+        // except the protocol a 101 switches to, which the client's hop needs with its
+        // `Connection`.
+        if upgraded && parts.headers.contains_key(header::UPGRADE) {
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol);
         }
         parts.headers.insert(X_CORRELATION_ID, correlation_id.clone());
-        if let (Some(cors), Some(request)) = (&snapshot.cors, request_headers) {
+        if let Some((cors, request)) = cors {
             cors::decorate(cors, request, &mut parts.headers);
         }
-        if let Some(version) = snapshot.deprecated_version(&path.canonical) {
+        if let Some(version) = deprecated {
             cors::deprecation(version, &mut parts.headers);
         }
         Response::from_parts(parts, body)
@@ -573,25 +593,16 @@ impl Gate {
     }
 }
 
-/// Removes every header the client could use to impersonate, or that we set: our identity
-/// headers, a forwarded client certificate (read beforehand, from trusted peers only), and
-/// the client's correlation id and forwarding headers (read beforehand; ours replace them).
-/// One pass over the headers, which usually holds none of these.
-fn strip_client_identity_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            name.as_str().as_bytes().starts_with(IDENTITY_PREFIX)
-                || matches!(
-                    name.as_str(),
-                    "x-client-cert" | "x-correlation-id" | "x-forwarded-for" | "x-forwarded-proto"
-                )
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
+/// Whether a header is one the client could use to impersonate, or one that we set: our
+/// identity headers, a forwarded client certificate (read beforehand, from trusted peers
+/// only), and the client's correlation id and forwarding headers (read beforehand; ours
+/// replace them). The client's copies never reach the app.
+fn is_ours(name: &HeaderName) -> bool {
+    name.as_str().as_bytes().starts_with(IDENTITY_PREFIX)
+        || matches!(
+            name.as_str(),
+            "x-client-cert" | "x-correlation-id" | "x-forwarded-for" | "x-forwarded-proto"
+        )
 }
 
 /// The value of a header that may appear at most once: two values are ambiguous (which
@@ -679,7 +690,7 @@ mod tests {
         h.insert("X-Auth-Roles", HeaderValue::from_static("admin"));
         h.insert(X_CLIENT_CERT, HeaderValue::from_static("pem"));
         h.insert("x-authority", HeaderValue::from_static("kept: not ours"));
-        strip_client_identity_headers(&mut h);
+        forward::strip_hop_by_hop_and(&mut h, is_ours);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-authority"));
     }

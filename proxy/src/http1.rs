@@ -8,19 +8,25 @@
 //! differently by us and by the client: conflicting lengths, a length beside
 //! `Transfer-Encoding`, malformed chunk sizes are errors, never guesses.
 
+use std::future::poll_fn;
 use std::io::Write;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+use hyper::body::{Body as HttpBody, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Version};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::headers::{connection_options, is_hop_by_hop};
+use crate::headers::{connection_tokens, is_hop_by_hop_raw};
+use crate::{Body, BoxError};
 
 /// The largest response head (status line, headers) or trailer section accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// As many as hyper's server accepts by default.
-const MAX_HEADERS: usize = 100;
+pub const MAX_HEADERS: usize = 100;
 /// A chunk-size line with its extensions.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -93,8 +99,9 @@ pub fn encode_request_head<'a>(
     match framing {
         Framing::Empty | Framing::Close => {}
         Framing::Length(n) => {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -119,6 +126,108 @@ pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
 
 /// The last chunk of a chunked body, without trailers (the app gets none from us).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Body bytes gathered before a write; larger frames are written as they come.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// How writing a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// Nothing of the body was taken and the head did not go out whole: the peer has not
+    /// got this message.
+    Unsent,
+    /// The write failed midway, or the body failed or did not match its declared length.
+    Broken,
+}
+
+pub type Polled = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// The body's next frame if it is already here.
+pub fn frame_now(body: &mut Body) -> Option<Polled> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    }
+}
+
+/// Writes the head already encoded in `out`, then `body` in `framing`: requests to the app
+/// and responses to the client alike. Frames that are already here go out with the head in one
+/// write; the rest as they come. With [`Framing::Empty`] (a response to `HEAD`, a 204, a
+/// 304) the body is read to its end and its bytes dropped. Trailers are dropped: HTTP/1.1
+/// peers of ours get none (gRPC, which needs them, goes over HTTP/2).
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &mut Body,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) -> Result<(), WriteError> {
+    let mut taken = false;
+    let mut written = 0u64;
+    let fail = |taken: bool| if taken { WriteError::Broken } else { WriteError::Unsent };
+    loop {
+        let frame = if out.is_empty() {
+            poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+        } else {
+            match frame_now(body) {
+                Some(frame) => frame,
+                None => {
+                    writer.write_all(out).await.map_err(|_| fail(taken))?;
+                    out.clear();
+                    continue;
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => return Err(WriteError::Broken),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        taken = true;
+        if matches!(framing, Framing::Empty) {
+            continue;
+        }
+        written += data.len() as u64;
+        if let Framing::Length(declared) = framing
+            && written > declared
+        {
+            return Err(WriteError::Broken);
+        }
+        if data.len() < WRITE_BATCH {
+            match framing {
+                Framing::Chunked => encode_chunk(&data, out),
+                _ => out.extend_from_slice(&data),
+            }
+            if out.len() >= WRITE_BATCH {
+                writer.write_all(out).await.map_err(|_| WriteError::Broken)?;
+                out.clear();
+            }
+            continue;
+        }
+        // A large frame is written from where it is, not copied.
+        if framing == Framing::Chunked {
+            encode_chunk_size(data.len(), out);
+        }
+        writer.write_all(out).await.map_err(|_| WriteError::Broken)?;
+        out.clear();
+        writer.write_all(&data).await.map_err(|_| WriteError::Broken)?;
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Length(declared) if written != declared => return Err(WriteError::Broken),
+        Framing::Chunked => out.extend_from_slice(LAST_CHUNK),
+        _ => {}
+    }
+    if !out.is_empty() {
+        writer.write_all(out).await.map_err(|_| fail(taken))?;
+    }
+    Ok(())
+}
 
 /// A parsed response head.
 #[derive(Debug)]
@@ -165,39 +274,22 @@ pub fn parse_response_head(
             let _ = buf.split_to(len);
             continue;
         }
-        // Where each header is in `buf`, so that the values can share the head's bytes
-        // instead of being copied one by one.
-        let base = buf.as_ptr() as usize;
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            // Offsets fit: the head is at most MAX_HEAD_BYTES long.
-            *span = (
-                offset(h.name.as_bytes(), base, len) as u32,
-                h.name.len() as u32,
-                offset(h.value, base, len) as u32,
-                h.value.len() as u32,
-            );
+        let mut storage = HeaderSpans::STORAGE;
+        let raw = HeaderSpans::of(parsed.headers, buf, len, &mut storage).split(buf);
+        if raw.spans.broken {
+            return Err(ProtocolError::Head);
         }
-        let raw = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut kept = Vec::with_capacity(raw.header_count());
         let mut close = version == Version::HTTP_10;
         let mut options = None;
         // The last Transfer-Encoding value: its last coding decides the framing.
         let mut encoding = None;
+        let mut length = None;
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-            let (name_at, name_len, value_at, value_len) = (
-                name_at as usize,
-                name_len as usize,
-                value_at as usize,
-                value_len as usize,
-            );
-            let name = HeaderName::from_bytes(&raw[name_at..name_at + name_len]).map_err(|_| ProtocolError::Head)?;
-            let value = HeaderValue::from_maybe_shared(raw.slice(value_at..value_at + value_len))
-                .map_err(|_| ProtocolError::Head)?;
-            if name == header::CONNECTION {
-                for token in value.as_bytes().split(|&b| b == b',') {
+        for span in raw.spans.spans {
+            let (name, value) = (raw.name(span), raw.value(span));
+            if name.eq_ignore_ascii_case(b"connection") {
+                for token in value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
@@ -205,24 +297,25 @@ pub fn parse_response_head(
                         close = false;
                     }
                 }
-                if connection_options(&value).next().is_some() {
-                    options = Some(value.clone());
+                if connection_tokens(value).next().is_some() {
+                    options = Some(value);
                 }
             }
             // Hop-by-hop headers end here (the framing is ours to write to the client), except
             // the protocol a 101 switches to, which the client must see.
-            if is_hop_by_hop(&name, &value) && !(switching && name == header::UPGRADE) {
-                if name == header::TRANSFER_ENCODING {
+            if is_hop_by_hop_raw(name, value) && !(switching && name.eq_ignore_ascii_case(b"upgrade")) {
+                if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     encoding = Some(value);
                 }
                 continue;
             }
-            headers.append(name, value);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = content_length(value, length)?;
+            }
+            kept.push(*span);
         }
         if let Some(options) = options {
-            for name in connection_options(&options) {
-                headers.remove(name);
-            }
+            kept.retain(|span| !connection_tokens(options).any(|token| token.eq_ignore_ascii_case(raw.name(span))));
         }
         let framing = if switching {
             if !asked_upgrade {
@@ -231,15 +324,24 @@ pub fn parse_response_head(
             close = true;
             Framing::Empty
         } else {
-            body_framing(&headers, encoding.as_ref(), method, status)?
+            body_framing(length, encoding, method, status)?
         };
         if framing == Framing::Close {
             close = true;
         }
+        let headers = AppHeaders {
+            bytes: raw.bytes,
+            spans: kept,
+        };
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
+        if switching {
+            // An upgrade goes through hyper's server and the splice, which want a map.
+            headers.into_map(response.headers_mut());
+        } else {
+            response.extensions_mut().insert(headers);
+        }
         return Ok(Some(Head {
             response,
             framing,
@@ -248,34 +350,240 @@ pub fn parse_response_head(
     }
 }
 
-/// Where `part`, a slice of the parsed head, starts in it (an empty part may point anywhere).
-fn offset(part: &[u8], base: usize, head_len: usize) -> usize {
-    let at = (part.as_ptr() as usize).wrapping_sub(base);
-    if part.is_empty() || at + part.len() > head_len {
-        0
-    } else {
-        at
+/// The app's response headers as they came, hop-by-hop ones left out. [`crate::front`]
+/// writes them to an HTTP/1.1 client straight from the bytes read; they become a map only
+/// where one is needed (hyper's server, CORS and deprecation headers), with
+/// [`AppHeaders::into_map`]. Carried in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct AppHeaders {
+    bytes: Bytes,
+    /// Each within `bytes`, where httparse found it (see [`RawHead::headers`]).
+    spans: Vec<Span>,
+}
+
+impl AppHeaders {
+    /// Name (as the app spelled it) and value of each header, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|span| (span_name(&self.bytes, span), span_value(&self.bytes, span)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Drops every header called `name` (lowercase, as a [`HeaderName`] is).
+    pub fn remove(&mut self, name: &HeaderName) {
+        let name = name.as_str().as_bytes();
+        let bytes = &self.bytes;
+        self.spans
+            .retain(|span| !span_name(bytes, span).eq_ignore_ascii_case(name));
+    }
+
+    /// Puts the headers into `map`, ahead of those it holds.
+    pub fn into_map(self, map: &mut HeaderMap) {
+        let mut all = HeaderMap::with_capacity(self.spans.len() + map.len());
+        for span in &self.spans {
+            // httparse checked the name is a token, which is what a header name is.
+            let Ok(name) = HeaderName::from_bytes(span_name(&self.bytes, span)) else {
+                continue;
+            };
+            let at = span.value_at as usize;
+            // SAFETY: as in `RawHead::headers`: the span is where httparse found a value in
+            // these bytes (spans are only made by `HeaderSpans::of` and kept with the bytes
+            // they were taken in), and httparse accepts exactly what `HeaderValue` does.
+            let value =
+                unsafe { HeaderValue::from_maybe_shared_unchecked(self.bytes.slice(at..at + span.value_len as usize)) };
+            all.append(name, value);
+        }
+        let mut last = None;
+        for (name, value) in std::mem::take(map) {
+            // `None`: another value of the header before.
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                all.append(name.clone(), value);
+            }
+        }
+        *map = all;
     }
 }
 
-/// RFC 9112 §6.3, for a response to `method` with `status`.
+/// A response's headers, those still as read included (for tests).
+#[cfg(test)]
+pub fn all_headers<T>(response: &Response<T>) -> HeaderMap {
+    let mut map = response.headers().clone();
+    if let Some(app) = response.extensions().get::<AppHeaders>() {
+        app.clone().into_map(&mut map);
+    }
+    map
+}
+
+fn span_name<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
+    let at = span.name_at as usize;
+    bytes.get(at..at + span.name_len as usize).unwrap_or_default()
+}
+
+fn span_value<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
+    let at = span.value_at as usize;
+    bytes.get(at..at + span.value_len as usize).unwrap_or_default()
+}
+
+/// Where each header httparse found lies in the head it parsed (in storage of the
+/// caller's: [`HeaderSpans::STORAGE`]).
+pub struct HeaderSpans<'s> {
+    spans: &'s [Span],
+    /// Some span was not inside the head: no header is believed (see [`RawHead::headers`]).
+    broken: bool,
+    head_at: usize,
+    head_len: usize,
+}
+
+/// A head taken off the read buffer, and where each of its headers lies in it: its values
+/// are slices of the head's bytes rather than copies.
+pub struct RawHead<'s> {
+    pub bytes: Bytes,
+    spans: HeaderSpans<'s>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Span {
+    name_at: u32,
+    name_len: u32,
+    value_at: u32,
+    value_len: u32,
+}
+
+impl<'s> HeaderSpans<'s> {
+    pub const STORAGE: [Span; MAX_HEADERS] = [Span {
+        name_at: 0,
+        name_len: 0,
+        value_at: 0,
+        value_len: 0,
+    }; MAX_HEADERS];
+
+    /// `parsed` (at most [`MAX_HEADERS`]) as httparse found them in the first `head_len`
+    /// bytes of `head`.
+    pub fn of(
+        parsed: &[httparse::Header<'_>],
+        head: &[u8],
+        head_len: usize,
+        storage: &'s mut [Span; MAX_HEADERS],
+    ) -> HeaderSpans<'s> {
+        let base = head.as_ptr() as usize;
+        let head_len = head_len.min(head.len());
+        // Where `part` starts in the head, if it is in it (an empty part may point anywhere).
+        let at = |part: &[u8]| {
+            let at = (part.as_ptr() as usize).wrapping_sub(base);
+            match part.is_empty() {
+                true => Some(0),
+                false => (at < head_len && part.len() <= head_len - at).then_some(at),
+            }
+        };
+        let mut count = 0;
+        let mut broken = false;
+        for (span, h) in storage.iter_mut().zip(parsed) {
+            let (Some(name_at), Some(value_at)) = (at(h.name.as_bytes()), at(h.value)) else {
+                broken = true;
+                break;
+            };
+            // Offsets fit: a head is far shorter than 4 GiB.
+            *span = Span {
+                name_at: name_at as u32,
+                name_len: h.name.len() as u32,
+                value_at: value_at as u32,
+                value_len: h.value.len() as u32,
+            };
+            count += 1;
+        }
+        HeaderSpans {
+            spans: &storage[..count],
+            broken,
+            head_at: base,
+            head_len,
+        }
+    }
+
+    /// Takes the head off `buf`, the buffer the spans were taken in.
+    pub fn split(mut self, buf: &mut BytesMut) -> RawHead<'s> {
+        if buf.as_ptr() as usize != self.head_at || buf.len() < self.head_len {
+            // Not the bytes that were parsed.
+            self.broken = true;
+            return RawHead {
+                bytes: Bytes::new(),
+                spans: self,
+            };
+        }
+        RawHead {
+            bytes: buf.split_to(self.head_len).freeze(),
+            spans: self,
+        }
+    }
+}
+
+impl RawHead<'_> {
+    fn name(&self, span: &Span) -> &[u8] {
+        span_name(&self.bytes, span)
+    }
+
+    fn value(&self, span: &Span) -> &[u8] {
+        span_value(&self.bytes, span)
+    }
+
+    /// The headers in order; `None` for a name that is not a valid header name.
+    pub fn headers(&self) -> impl Iterator<Item = Option<(HeaderName, HeaderValue)>> + '_ {
+        let (spans, broken) = match self.spans.broken {
+            false => (self.spans.spans, None),
+            true => (&[][..], Some(None)),
+        };
+        broken.into_iter().chain(spans.iter().map(|span| {
+            let (name_at, value_at) = (span.name_at as usize, span.value_at as usize);
+            let name = self.bytes.get(name_at..name_at + span.name_len as usize)?;
+            let name = HeaderName::from_bytes(name).ok()?;
+            let value_end = value_at + span.value_len as usize;
+            if value_end > self.bytes.len() {
+                return None;
+            }
+            let value = self.bytes.slice(value_at..value_end);
+            // SAFETY: the span is where httparse found this value in the buffer `split` took
+            // these bytes from (checked there by address and length; `of` refuses a value
+            // outside the head), and httparse accepts in a value exactly the bytes
+            // `HeaderValue` does (HTAB, SP to `~`, 0x80 to 0xFF). Checking them again, byte
+            // by byte, cost a tenth of the request's parse (a bearer token is long).
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
+            Some((name, value))
+        }))
+    }
+
+    /// How many headers the head has.
+    pub fn header_count(&self) -> usize {
+        self.spans.spans.len()
+    }
+}
+
+/// RFC 9112 §6.3, for a response to `method` with `status`, its `Content-Length` and its
+/// last `Transfer-Encoding` value.
 fn body_framing(
-    headers: &HeaderMap,
-    encoding: Option<&HeaderValue>,
+    length: Option<u64>,
+    encoding: Option<&[u8]>,
     method: &Method,
     status: StatusCode,
 ) -> Result<Framing, ProtocolError> {
     if *method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    let length = content_length(headers)?;
     if let Some(encoding) = encoding {
         if length.is_some() {
             // Which one the next hop would believe is the whole of request smuggling.
             return Err(ProtocolError::LengthAndEncoding);
         }
         let last = encoding
-            .as_bytes()
             .rsplit(|&b| b == b',')
             .next()
             .map(<[u8]>::trim_ascii)
@@ -293,21 +601,20 @@ fn body_framing(
     })
 }
 
-/// Every `Content-Length` value (and list member) must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProtocolError> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for member in value.as_bytes().split(|&b| b == b',') {
-            let member = member.trim_ascii();
-            if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
-                return Err(ProtocolError::Length);
-            }
-            let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Err(ProtocolError::Length);
-            }
-            found = Some(n);
+/// Folds one `Content-Length` value into the length found so far: every value (and list
+/// member) must be the same number.
+fn content_length(value: &[u8], found: Option<u64>) -> Result<Option<u64>, ProtocolError> {
+    let mut found = found;
+    for member in value.split(|&b| b == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
+            return Err(ProtocolError::Length);
         }
+        let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(ProtocolError::Length);
+        }
+        found = Some(n);
     }
     Ok(found)
 }
@@ -492,6 +799,38 @@ mod tests {
     }
 
     #[test]
+    fn app_headers_pass_as_read_until_a_map_is_needed() {
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Correlation-ID: app\r\nConnection: X-Hop\r\nx-hop: 1\r\nVary: Accept\r\nContent-Length: 2\r\n\r\nok";
+        let mut buf = BytesMut::from(raw);
+        let h = parse_response_head(&mut buf, &Method::GET, false).unwrap().unwrap();
+        assert!(h.response.headers().is_empty(), "nothing built yet");
+        let mut app = h.response.extensions().get::<AppHeaders>().unwrap().clone();
+        let read: Vec<(&[u8], &[u8])> = app.iter().collect();
+        assert_eq!(
+            read,
+            [
+                (&b"Content-Type"[..], &b"text/plain"[..]),
+                (b"X-Correlation-ID", b"app"),
+                (b"Vary", b"Accept"),
+                (b"Content-Length", b"2"),
+            ],
+            "spelled as the app did; Connection and what it names are gone"
+        );
+        app.remove(&HeaderName::from_static("x-correlation-id"));
+        assert_eq!(app.len(), 3);
+        let mut map = HeaderMap::new();
+        map.insert("x-correlation-id", HeaderValue::from_static("ours"));
+        map.append(header::VARY, HeaderValue::from_static("Origin"));
+        map.append(header::VARY, HeaderValue::from_static("Cookie"));
+        app.into_map(&mut map);
+        let names: Vec<_> = map.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "vary", "content-length", "x-correlation-id"]);
+        let vary: Vec<_> = map.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Accept", "Origin", "Cookie"], "the app's first, then ours");
+        assert_eq!(map["x-correlation-id"], "ours");
+    }
+
+    #[test]
     fn response_heads_parse_with_their_framing() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: a\r\nX-App: b\r\n\r\nhello";
         let mut buf = BytesMut::from(raw);
@@ -499,7 +838,8 @@ mod tests {
         assert_eq!(h.response.status(), StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
-        let apps: Vec<_> = h.response.headers().get_all("x-app").iter().collect();
+        let headers = all_headers(&h.response);
+        let apps: Vec<_> = headers.get_all("x-app").iter().collect();
         assert_eq!(apps, ["a", "b"]);
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
 
@@ -545,13 +885,14 @@ mod tests {
         let h = head(raw, Method::GET).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Chunked, "framing read before the header is dropped");
         assert!(h.keep_alive);
-        let names: Vec<_> = h.response.headers().keys().map(|n| n.as_str()).collect();
+        let headers = all_headers(&h.response);
+        let names: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-app"]);
         let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         let mut buf = BytesMut::from(raw);
         let h = parse_response_head(&mut buf, &Method::GET, true).unwrap().unwrap();
         assert_eq!(
-            h.response.headers()["upgrade"],
+            all_headers(&h.response)["upgrade"],
             "websocket",
             "the protocol switched to stays"
         );
@@ -586,7 +927,7 @@ mod tests {
         let empty = head("HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", Method::GET)
             .unwrap()
             .unwrap();
-        assert_eq!(empty.response.headers()["x-empty"], "");
+        assert_eq!(all_headers(&empty.response)["x-empty"], "");
         assert_eq!(
             head("HTTP/1.1 abc OK\r\n\r\n", Method::GET).err(),
             Some(ProtocolError::Head)

@@ -3,8 +3,8 @@
 //! It enforces a [`portcullis_wire::Snapshot`] in front of an app. It never talks to the
 //! database and has no Kubernetes client: everything it knows arrives as a snapshot.
 //!
-//! A request crosses [`server`] (listeners, TLS, limits, drain) into [`gate`] (the
-//! pipeline), which uses [`path`] (one normalization), [`cors`], [`jwt`] / [`identity`] /
+//! A request crosses [`server`] (listeners, TLS, limits, drain) and [`front`] (HTTP/1.1;
+//! hyper for HTTP/2 and the unusual) into [`gate`] (the pipeline), which uses [`path`] (one normalization), [`cors`], [`jwt`] / [`identity`] /
 //! [`tls`] (who is calling), [`authz`] (the compiled rules), [`ratelimit`] and
 //! [`forward`] (the app). [`snapshot`] holds the compiled snapshot in force, fed by
 //! [`source`]; [`metrics`] and [`admin`] report.
@@ -14,6 +14,7 @@ pub mod authz;
 pub mod config;
 pub mod cors;
 pub mod forward;
+pub mod front;
 pub mod gate;
 pub mod headers;
 pub mod http1;

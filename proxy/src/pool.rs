@@ -9,7 +9,7 @@
 //! read, if the connection can carry another request; otherwise the connection is closed.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
@@ -20,17 +20,15 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::forward::UpstreamError;
-use crate::http1::{self, Chunk, ChunkedDecoder, Framing, Head, ProtocolError};
+use crate::http1::{self, Chunk, ChunkedDecoder, Framing, Head, Polled, ProtocolError, WriteError};
 use crate::{Body, BoxError};
 
 /// Read buffers grow by this much when less than a quarter of it is free.
 const READ_CHUNK: usize = 8 * 1024;
-/// Request body bytes gathered before a write; larger frames are written as they come.
-const WRITE_BATCH: usize = 16 * 1024;
 
 pub struct Http1Pool {
     host: String,
@@ -233,7 +231,16 @@ impl AppConn {
             return read_head(&mut self.stream, &mut self.buf, method, asked_upgrade).await;
         }
         let (mut reader, mut writer) = self.stream.split();
-        let upload = pin!(upload(&mut writer, head, body, framing));
+        let upload = pin!(async {
+            let mut out = Vec::with_capacity(head.len() + 1024);
+            out.extend_from_slice(head);
+            http1::write_message(&mut writer, body, framing, &mut out)
+                .await
+                .map_err(|e| match e {
+                    WriteError::Unsent => Failed::Unsent,
+                    WriteError::Broken => Failed::Protocol,
+                })
+        });
         let mut download = pin!(read_head(&mut reader, &mut self.buf, method, asked_upgrade));
         tokio::select! {
             biased;
@@ -274,92 +281,6 @@ async fn read_head<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => return Err(Failed::Protocol),
             Ok(_) => answered = true,
         }
-    }
-}
-
-/// Writes the head and the body in `framing`. Frames that are already here go out with the
-/// head in one write; the rest as they come.
-async fn upload<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    head: &[u8],
-    body: &mut Body,
-    framing: Framing,
-) -> Result<(), Failed> {
-    let mut out = Vec::with_capacity(head.len() + 1024);
-    out.extend_from_slice(head);
-    let mut taken = false;
-    let mut written = 0u64;
-    let fail = |taken: bool| if taken { Failed::Protocol } else { Failed::Unsent };
-    loop {
-        let frame = if out.is_empty() {
-            poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-        } else {
-            match frame_now(body) {
-                Some(frame) => frame,
-                None => {
-                    writer.write_all(&out).await.map_err(|_| fail(taken))?;
-                    out.clear();
-                    continue;
-                }
-            }
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(_)) => return Err(Failed::Protocol),
-            // Trailers have no way to the app over HTTP/1.1 from us.
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue,
-            },
-        };
-        taken = true;
-        written += data.len() as u64;
-        if let Framing::Length(declared) = framing
-            && written > declared
-        {
-            return Err(Failed::Protocol);
-        }
-        if data.len() < WRITE_BATCH {
-            match framing {
-                Framing::Chunked => http1::encode_chunk(&data, &mut out),
-                _ => out.extend_from_slice(&data),
-            }
-            if out.len() >= WRITE_BATCH {
-                writer.write_all(&out).await.map_err(|_| Failed::Protocol)?;
-                out.clear();
-            }
-            continue;
-        }
-        // A large frame is written from where it is, not copied.
-        if framing == Framing::Chunked {
-            http1::encode_chunk_size(data.len(), &mut out);
-        }
-        writer.write_all(&out).await.map_err(|_| Failed::Protocol)?;
-        out.clear();
-        writer.write_all(&data).await.map_err(|_| Failed::Protocol)?;
-        if framing == Framing::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    match framing {
-        Framing::Length(declared) if written != declared => return Err(Failed::Protocol),
-        Framing::Chunked => out.extend_from_slice(http1::LAST_CHUNK),
-        _ => {}
-    }
-    if !out.is_empty() {
-        writer.write_all(&out).await.map_err(|_| fail(taken))?;
-    }
-    Ok(())
-}
-
-type Polled = Option<Result<Frame<Bytes>, BoxError>>;
-
-/// The body's next frame if it is already here.
-fn frame_now(body: &mut Body) -> Option<Polled> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(body).poll_frame(&mut cx) {
-        Poll::Ready(frame) => Some(frame),
-        Poll::Pending => None,
     }
 }
 
@@ -749,7 +670,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            response.headers()["content-length"],
+            http1::all_headers(&response)["content-length"],
             "1000",
             "a HEAD response keeps its length"
         );

@@ -6,22 +6,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::pin;
+
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::forward::Upstream;
+use crate::front::{self, Served};
 use crate::gate::{Conn, Gate};
+use crate::http1::AppHeaders;
 use crate::metrics::Metrics;
-use crate::net::{IdleTimeout, TrustedProxies};
+use crate::net::{IdleTimeout, Rewind, TrustedProxies};
 use crate::ratelimit::Limiter;
 use crate::snapshot::{Current, Pod};
 use crate::tls::{self, ForwardedCertVerifier};
@@ -140,6 +144,12 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let (shutdown, stop) = watch::channel(false);
     let limits = Arc::new(Limits {
         builder: builder(config),
+        front: front::Settings {
+            max_head_bytes: config.max_header_bytes,
+            max_headers: config.max_headers,
+            max_body_bytes: config.max_body_bytes,
+            header_timeout: config.header_timeout,
+        },
         idle: config.idle_timeout,
         drain: config.drain_timeout,
         connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -168,7 +178,9 @@ pub async fn start(config: &Config) -> Result<Running, String> {
 }
 
 struct Limits {
+    /// hyper, for HTTP/2 and what [`front`] hands over.
     builder: auto::Builder<TokioExecutor>,
+    front: front::Settings,
     idle: Duration,
     drain: Duration,
     connections: Arc<Semaphore>,
@@ -203,7 +215,8 @@ async fn accept_loop(
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; when the last is gone, the drain is done.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let listener_label = if tls.is_some() { "tls" } else { "http" };
     loop {
         let (stream, peer) = tokio::select! {
@@ -228,17 +241,20 @@ async fn accept_loop(
         let gate = gate.clone();
         let limits = limits.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             let _permit = permit;
             gate.metrics.connections_open.inc();
-            serve_connection(stream, peer, tls, &gate, &limits, watcher).await;
+            serve_connection(stream, peer, tls, &gate, &limits, stop).await;
             gate.metrics.connections_open.dec();
         });
     }
     drop(listener);
+    drop(alive);
     let drain = limits.drain;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, all_closed.recv()).await.is_err() {
         warn!(
             after_seconds = drain.as_secs(),
             "drain timed out; closing the remaining connections"
@@ -252,7 +268,7 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     gate: &Arc<Gate>,
     limits: &Limits,
-    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
 ) {
     let metrics = gate.metrics.clone();
     let io = IdleTimeout::new(stream, limits.idle, move || {
@@ -261,7 +277,7 @@ async fn serve_connection(
     match tls {
         None => {
             let conn = Conn::new(peer, false, None);
-            serve_http(io, conn, gate, limits, watcher).await;
+            serve_http(io, conn, false, gate, limits, stop).await;
         }
         Some(acceptor) => {
             // The handshake gets the header timeout too: a client that stalls it is a slowloris.
@@ -278,6 +294,7 @@ async fn serve_connection(
                     return;
                 }
             };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let client_cert = stream
                 .get_ref()
                 .1
@@ -286,32 +303,52 @@ async fn serve_connection(
                 .and_then(|leaf| tls::cert_identity(leaf).ok())
                 .map(Arc::new);
             let conn = Conn::new(peer, true, client_cert);
-            serve_http(stream, conn, gate, limits, watcher).await;
+            serve_http(stream, conn, h2, gate, limits, stop).await;
         }
     }
 }
 
-async fn serve_http<I>(
-    io: I,
-    conn: Conn,
-    gate: &Arc<Gate>,
-    limits: &Limits,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
+/// HTTP/1.1 through [`front`] until a request is one for hyper; HTTP/2 (ALPN `h2`, or the
+/// prior-knowledge preface, which `front` hands over) through hyper.
+async fn serve_http<I>(io: I, conn: Conn, h2: bool, gate: &Arc<Gate>, limits: &Limits, mut stop: watch::Receiver<bool>)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, read) = if h2 {
+        (io, Bytes::new())
+    } else {
+        match front::serve(io, &conn, gate, &limits.front, &stop).await {
+            Served::Closed => return,
+            Served::Handoff(io, read) => (io, read),
+        }
+    };
     let conn = Arc::new(conn);
     let service_gate = gate.clone();
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let gate = service_gate.clone();
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(gate.handle(&conn, request).await) }
+        async move {
+            let mut response = gate.handle(&conn, request).await;
+            if let Some(app_headers) = response.extensions_mut().remove::<AppHeaders>() {
+                app_headers.into_map(response.headers_mut());
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
-    let connection = limits
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
+    let mut connection = pin!(
+        limits
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(Rewind::new(io, read)), service)
+    );
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = front::stopping(&mut stop) => {
+            // Open requests finish (HTTP/2: GOAWAY), then the connection closes.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
         let label = classify(&*e);
         if let Some(label) = label {
             gate.metrics.limits.with_label_values(&[label]).inc();

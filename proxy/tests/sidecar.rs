@@ -855,3 +855,175 @@ async fn tls_sidecar(app: &App, pki: &Pki, client_auth: &str) -> Sidecar {
     ];
     sidecar(app, &flags, true).await
 }
+
+/// Reads one response off `stream`: its head (lowercased) and its `Content-Length` body
+/// (none for a `HEAD`).
+async fn read_response(stream: &mut TcpStream, head_request: bool) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; if head_request { 0 } else { length }];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, body)
+}
+
+/// Sends `request` on `stream` and reads the response.
+async fn ask(stream: &mut TcpStream, request: &[u8], head_request: bool) -> (String, Vec<u8>) {
+    stream.write_all(request).await.unwrap();
+    read_response(stream, head_request).await
+}
+
+#[tokio::test]
+async fn keep_alive_connections_carry_pipelined_split_and_unusual_requests() {
+    let app = app().await;
+    let sidecar = sidecar(&app, &[], true).await;
+    let before = app.count();
+    let read = format!("host: t\r\nx-api-key: {ALICE_KEY}\r\n");
+    let write = format!("host: t\r\nx-api-key: {SOURCE_KEY}\r\n");
+    let mut stream = TcpStream::connect(sidecar.http()).await.unwrap();
+    // Two requests in one write, answered in order.
+    stream
+        .write_all(format!("GET /api/v1/a HTTP/1.1\r\n{read}\r\nGET /api/v1/b?x=1 HTTP/1.1\r\n{read}\r\n").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (head, body) = read_response(&mut stream, false).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert_eq!(body, b"ok");
+    }
+    // A head in two pieces, then its body on its own.
+    let pieces = [
+        format!("POST /ingest HTTP/1.1\r\n{write}cont"),
+        "ent-length: 5\r\n\r\n".to_string(),
+        "hello".to_string(),
+    ];
+    for piece in pieces {
+        stream.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (head, _) = read_response(&mut stream, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-app-body-bytes: 5\r\n"), "{head}");
+    // HEAD: the length the app declared, and no body.
+    let (head, _) = ask(
+        &mut stream,
+        format!("HEAD /api/v1/c HTTP/1.1\r\n{read}\r\n").as_bytes(),
+        true,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 2\r\n"), "{head}");
+    // A refusal keeps the connection open.
+    let (head, body) = ask(
+        &mut stream,
+        b"GET /api/v1/d HTTP/1.1\r\nhost: t\r\nx-api-key: pck_wrong\r\n\r\n",
+        false,
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("invalid_credentials"));
+    // A chunked upload: hyper serves the connection from here on.
+    let (head, _) = ask(
+        &mut stream,
+        format!(
+            "POST /ingest HTTP/1.1\r\n{write}transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+        false,
+    )
+    .await;
+    assert!(head.contains("x-app-body-bytes: 8\r\n"), "{head}");
+    let (head, _) = ask(
+        &mut stream,
+        format!("GET /api/v1/e HTTP/1.1\r\n{read}connection: close\r\n\r\n").as_bytes(),
+        false,
+    )
+    .await;
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "closed after the response it was asked to close after");
+    let seen: Vec<String> = app.seen.lock().unwrap()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.uri))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "GET /api/v1/a",
+            "GET /api/v1/b?x=1",
+            "POST /ingest",
+            "HEAD /api/v1/c",
+            "POST /ingest",
+            "GET /api/v1/e"
+        ]
+    );
+
+    // The same on a fresh connection that starts unusual: HTTP/1.0, then Expect.
+    let r = raw(
+        sidecar.http(),
+        format!("GET /api/v1/f HTTP/1.0\r\n{read}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+    let mut stream = TcpStream::connect(sidecar.http()).await.unwrap();
+    stream
+        .write_all(
+            format!("POST /ingest HTTP/1.1\r\n{write}expect: 100-continue\r\ncontent-length: 3\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"abc").await.unwrap();
+    let (head, _) = read_response(&mut stream, false).await;
+    assert!(head.contains("x-app-body-bytes: 3\r\n"), "{head}");
+    sidecar.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn draining_closes_idle_connections_and_tells_open_requests() {
+    let app = app().await;
+    let sidecar = sidecar(&app, &["--drain-timeout", "20"], true).await;
+    let addr = sidecar.http();
+    let request = format!("GET /slow HTTP/1.1\r\nhost: t\r\nx-api-key: {ALICE_KEY}\r\n\r\n");
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut idle, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(sidecar.running.shutdown());
+    // The idle connection is closed at once, not at the end of the drain.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut rest))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(rest.is_empty());
+    // The open request is answered, and told the connection ends.
+    let (head, body) = read_response(&mut busy, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert_eq!(body, b"slow");
+    shutdown.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the drain ends when the last connection does"
+    );
+}
