@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Body as _;
-use hyper::header::HeaderMap;
+use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -322,24 +322,28 @@ fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut declared = None;
-    let mut dated = false;
-    let own = headers
-        .iter()
-        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-    for (name, value) in app_headers.into_iter().flat_map(AppHeaders::iter).chain(own) {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            declared = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"transfer-encoding") || name.eq_ignore_ascii_case(b"connection") {
-            continue;
-        }
-        dated |= name.eq_ignore_ascii_case(b"date");
+    let mut push = |name: &[u8], value: &[u8]| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
+    };
+    // The app's, as read: no framing or hop-by-hop header among them.
+    let (mut declared, mut dated) = (None, false);
+    if let Some(app) = app_headers {
+        app.iter().for_each(|(name, value)| push(name, value));
+        (declared, dated) = (app.length, app.dated);
+    }
+    for (name, value) in headers {
+        if *name == header::CONTENT_LENGTH {
+            declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            continue;
+        }
+        if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
+            continue;
+        }
+        dated |= *name == header::DATE;
+        push(name.as_str().as_bytes(), value.as_bytes());
     }
     let no_content = status == StatusCode::NO_CONTENT || status.is_informational();
     let bodiless = head_request || no_content || status == StatusCode::NOT_MODIFIED;

@@ -285,6 +285,7 @@ pub fn parse_response_head(
         // The last Transfer-Encoding value: its last coding decides the framing.
         let mut encoding = None;
         let mut length = None;
+        let mut dated = false;
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         for span in raw.spans.spans {
             let (name, value) = (raw.name(span), raw.value(span));
@@ -310,8 +311,11 @@ pub fn parse_response_head(
                 continue;
             }
             if name.eq_ignore_ascii_case(b"content-length") {
+                // Framing is each hop's own: kept aside, as a number.
                 length = content_length(value, length)?;
+                continue;
             }
+            dated |= name.eq_ignore_ascii_case(b"date");
             kept.push(*span);
         }
         if let Some(options) = options {
@@ -332,6 +336,8 @@ pub fn parse_response_head(
         let headers = AppHeaders {
             bytes: raw.bytes,
             spans: kept,
+            length,
+            dated,
         };
         let mut response = Response::new(());
         *response.status_mut() = status;
@@ -357,12 +363,18 @@ pub fn parse_response_head(
 #[derive(Debug, Clone)]
 pub struct AppHeaders {
     bytes: Bytes,
-    /// Each within `bytes`, where httparse found it (see [`RawHead::headers`]).
+    /// Each within `bytes`, where httparse found it (see [`RawHead::headers`]); neither
+    /// hop-by-hop headers nor `Content-Length`.
     spans: Vec<Span>,
+    /// The `Content-Length` the app declared.
+    pub length: Option<u64>,
+    /// Whether the app sent a `Date`.
+    pub dated: bool,
 }
 
 impl AppHeaders {
-    /// Name (as the app spelled it) and value of each header, in order.
+    /// Name (as the app spelled it) and value of each header, in order; not
+    /// `Content-Length` (see `length`).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.spans
             .iter()
@@ -400,6 +412,9 @@ impl AppHeaders {
             let value =
                 unsafe { HeaderValue::from_maybe_shared_unchecked(self.bytes.slice(at..at + span.value_len as usize)) };
             all.append(name, value);
+        }
+        if let Some(length) = self.length {
+            all.append(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
         let mut last = None;
         for (name, value) in std::mem::take(map) {
@@ -812,12 +827,12 @@ mod tests {
                 (&b"Content-Type"[..], &b"text/plain"[..]),
                 (b"X-Correlation-ID", b"app"),
                 (b"Vary", b"Accept"),
-                (b"Content-Length", b"2"),
             ],
             "spelled as the app did; Connection and what it names are gone"
         );
+        assert_eq!((app.length, app.dated), (Some(2), false));
         app.remove(&HeaderName::from_static("x-correlation-id"));
-        assert_eq!(app.len(), 3);
+        assert_eq!(app.len(), 2);
         let mut map = HeaderMap::new();
         map.insert("x-correlation-id", HeaderValue::from_static("ours"));
         map.append(header::VARY, HeaderValue::from_static("Origin"));

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::pin::pin;
-
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -335,10 +333,12 @@ where
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let mut connection = pin!(
+    // On the heap: hyper's connection state is twice the size of the rest of the task, and
+    // inline it would spread every connection's task over more memory (and the cache).
+    let mut connection = Box::pin(
         limits
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(Rewind::new(io, read)), service)
+            .serve_connection_with_upgrades(TokioIo::new(Rewind::new(io, read)), service),
     );
     let served = tokio::select! {
         served = connection.as_mut() => served,
