@@ -126,6 +126,7 @@ impl Upstream {
                 POOL_MAX_IDLE,
                 POOL_IDLE_TIMEOUT,
                 CONNECT_TIMEOUT,
+                timeout,
             )),
             authority,
             protocol,
@@ -156,8 +157,7 @@ impl Upstream {
         path_and_query: &str,
         added: &Added<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let h2 = self.wants_http2(&request);
-        let sent = if h2 {
+        if self.wants_http2(&request) {
             for (name, value) in added.iter() {
                 request.headers_mut().insert(name.clone(), value.clone());
             }
@@ -182,7 +182,9 @@ impl Upstream {
                     Err(_) => Err(UpstreamError::Protocol),
                 }
             };
-            tokio::time::timeout(self.timeout, response).await
+            tokio::time::timeout(self.timeout, response)
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout))
         } else {
             // An HTTP/2 client names the host in its URI only; HTTP/1.1 needs a Host header.
             if !request.headers().contains_key(header::HOST) {
@@ -192,9 +194,9 @@ impl Upstream {
             }
             *request.uri_mut() = Uri::try_from(path_and_query).map_err(|_| UpstreamError::Protocol)?;
             *request.version_mut() = Version::HTTP_11;
-            tokio::time::timeout(self.timeout, self.http1.send(request, added.iter())).await
-        };
-        sent.unwrap_or(Err(UpstreamError::Timeout))
+            // The pool keeps the timeout itself, with a timer per connection.
+            self.http1.send(request, added.iter()).await
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use hyper::http::uri::Authority;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::forward::UpstreamError;
 use crate::http1::{self, Chunk, ChunkedDecoder, Framing, Head, Polled, ProtocolError, WriteError};
@@ -37,6 +38,7 @@ pub struct Http1Pool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    response_timeout: Duration,
 }
 
 struct Idle {
@@ -44,10 +46,16 @@ struct Idle {
     since: Instant,
 }
 
-/// A connection to the app and what has been read from it but not used yet.
+/// A connection to the app, what has been read from it but not used yet, and its timer
+/// for the response timeout.
 struct AppConn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Armed once and moved only when it fires early: a request's deadline is never earlier
+    /// than one set before it, so a timer left at an earlier request's deadline can only
+    /// fire early, and is then moved on. A timer per request, registered with the runtime
+    /// and taken out again, cost more than the rest of the exchange's bookkeeping.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// After a `101 Switching Protocols`, the connection to the app and whatever the app sent
@@ -69,10 +77,19 @@ enum Failed {
     /// The app closed the connection without a byte of response.
     Unanswered,
     Protocol,
+    /// No response head by the deadline.
+    Timeout,
 }
 
 impl Http1Pool {
-    pub fn new(authority: &Authority, max_idle: usize, idle_timeout: Duration, connect_timeout: Duration) -> Http1Pool {
+    /// `response_timeout`: from the request's start to the app's response head.
+    pub fn new(
+        authority: &Authority,
+        max_idle: usize,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Http1Pool {
         Http1Pool {
             // `[::1]` is a URI's spelling; the resolver wants `::1`.
             host: authority
@@ -85,6 +102,7 @@ impl Http1Pool {
             max_idle,
             idle_timeout,
             connect_timeout,
+            response_timeout,
         }
     }
 
@@ -95,6 +113,7 @@ impl Http1Pool {
         request: Request<Body>,
         added: impl Iterator<Item = &'a (HeaderName, HeaderValue)>,
     ) -> Result<Response<Body>, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + self.response_timeout;
         let (parts, mut body) = request.into_parts();
         let framing = http1::request_framing(&parts.method, body.is_end_stream(), body.size_hint().exact());
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -108,16 +127,17 @@ impl Http1Pool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                None => (self.connect(deadline).await?, false),
             };
             match conn
-                .exchange(&head, &mut body, framing, &parts.method, asked_upgrade)
+                .exchange(&head, &mut body, framing, &parts.method, asked_upgrade, deadline)
                 .await
             {
                 Ok(head) => return Ok(self.lend(conn, head)),
                 // The app closed an idle connection as the request went out on it.
                 Err(Failed::Unsent) if reused => continue,
                 Err(Failed::Unanswered) if reused && replayable => continue,
+                Err(Failed::Timeout) => return Err(UpstreamError::Timeout),
                 Err(_) => return Err(UpstreamError::Protocol),
             }
         }
@@ -141,18 +161,19 @@ impl Http1Pool {
         None
     }
 
-    async fn connect(&self) -> Result<AppConn, UpstreamError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Connect)?
-        .map_err(|_| UpstreamError::Connect)?;
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<AppConn, UpstreamError> {
+        let until = deadline.min(tokio::time::Instant::now() + self.connect_timeout);
+        let stream = match tokio::time::timeout_at(until, TcpStream::connect((self.host.as_str(), self.port))).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) => return Err(UpstreamError::Connect),
+            Err(_) if until == deadline => return Err(UpstreamError::Timeout),
+            Err(_) => return Err(UpstreamError::Connect),
+        };
         let _ = stream.set_nodelay(true);
         Ok(AppConn {
             stream,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         })
     }
 
@@ -216,8 +237,7 @@ impl AppConn {
         }
     }
 
-    /// Writes the request and reads the response head. A body is sent while the response
-    /// is awaited: an app may answer (a 413, say) before reading all of it.
+    /// [`exchange`] on this connection, given up at `deadline`.
     async fn exchange(
         &mut self,
         head: &[u8],
@@ -225,33 +245,61 @@ impl AppConn {
         framing: Framing,
         method: &Method,
         asked_upgrade: bool,
+        deadline: tokio::time::Instant,
     ) -> Result<Head, Failed> {
-        if framing == Framing::Empty {
-            self.stream.write_all(head).await.map_err(|_| Failed::Unsent)?;
-            return read_head(&mut self.stream, &mut self.buf, method, asked_upgrade).await;
+        let AppConn { stream, buf, timer } = self;
+        let mut exchange = pin!(exchange(stream, buf, head, body, framing, method, asked_upgrade));
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut exchange => return done,
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Failed::Timeout);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
-        let (mut reader, mut writer) = self.stream.split();
-        let upload = pin!(async {
-            let mut out = Vec::with_capacity(head.len() + 1024);
-            out.extend_from_slice(head);
-            http1::write_message(&mut writer, body, framing, &mut out)
-                .await
-                .map_err(|e| match e {
-                    WriteError::Unsent => Failed::Unsent,
-                    WriteError::Broken => Failed::Protocol,
-                })
-        });
-        let mut download = pin!(read_head(&mut reader, &mut self.buf, method, asked_upgrade));
-        tokio::select! {
-            biased;
-            answered = &mut download => {
-                // Part of the body is still unsent: the connection cannot carry another request.
-                answered.map(|head| Head { keep_alive: false, ..head })
-            }
-            sent = upload => {
-                sent?;
-                download.await
-            }
+    }
+}
+
+/// Writes the request and reads the response head. A body is sent while the response is
+/// awaited: an app may answer (a 413, say) before reading all of it.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &[u8],
+    body: &mut Body,
+    framing: Framing,
+    method: &Method,
+    asked_upgrade: bool,
+) -> Result<Head, Failed> {
+    if framing == Framing::Empty {
+        stream.write_all(head).await.map_err(|_| Failed::Unsent)?;
+        return read_head(stream, buf, method, asked_upgrade).await;
+    }
+    let (mut reader, mut writer) = stream.split();
+    let upload = pin!(async {
+        let mut out = Vec::with_capacity(head.len() + 1024);
+        out.extend_from_slice(head);
+        http1::write_message(&mut writer, body, framing, &mut out)
+            .await
+            .map_err(|e| match e {
+                WriteError::Unsent => Failed::Unsent,
+                WriteError::Broken => Failed::Protocol,
+            })
+    });
+    let mut download = pin!(read_head(&mut reader, buf, method, asked_upgrade));
+    tokio::select! {
+        biased;
+        answered = &mut download => {
+            // Part of the body is still unsent: the connection cannot carry another request.
+            answered.map(|head| Head { keep_alive: false, ..head })
+        }
+        sent = upload => {
+            sent?;
+            download.await
         }
     }
 }
@@ -469,6 +517,7 @@ mod tests {
             8,
             Duration::from_secs(60),
             Duration::from_secs(1),
+            Duration::from_secs(5),
         ))
     }
 
@@ -536,6 +585,52 @@ mod tests {
             pool(&authority).send(get(), std::iter::empty()).await.err(),
             Some(UpstreamError::Connect)
         );
+    }
+
+    #[tokio::test]
+    async fn the_response_timeout_runs_from_each_request_on_a_reused_connection() {
+        // One connection; the app answers after these delays.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = format!("{}", listener.local_addr().unwrap()).parse().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut pending = Vec::new();
+            for delay in [0, 250, 700] {
+                if read_request(&mut stream, &mut pending).await.is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        let pool = Arc::new(Http1Pool::new(
+            &authority,
+            8,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            Duration::from_millis(400),
+        ));
+        let (status, _) = read_all(pool.send(get(), std::iter::empty()).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        // The connection's timer still says the first request's deadline, 100 ms into this
+        // one: it fires early and is moved, and the answer at 250 ms is taken.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let (status, _) = read_all(pool.send(get(), std::iter::empty()).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // An answer after the deadline is a timeout, at the deadline.
+        let started = Instant::now();
+        let failed = pool.send(get(), std::iter::empty()).await.err();
+        assert_eq!(failed, Some(UpstreamError::Timeout));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_millis(650),
+            "{waited:?}"
+        );
+        assert_eq!(pool.idle_len(), 0, "a timed-out connection is not reused");
     }
 
     /// An app that reads each whole request (`Content-Length` or chunked), records its
