@@ -512,12 +512,16 @@ mod tests {
     }
 
     fn pool(authority: &Authority) -> Arc<Http1Pool> {
+        pool_answering_within(authority, Duration::from_secs(5))
+    }
+
+    fn pool_answering_within(authority: &Authority, response_timeout: Duration) -> Arc<Http1Pool> {
         Arc::new(Http1Pool::new(
             authority,
             8,
             Duration::from_secs(60),
             Duration::from_secs(1),
-            Duration::from_secs(5),
+            response_timeout,
         ))
     }
 
@@ -605,13 +609,7 @@ mod tests {
                     .await;
             }
         });
-        let pool = Arc::new(Http1Pool::new(
-            &authority,
-            8,
-            Duration::from_secs(60),
-            Duration::from_secs(1),
-            Duration::from_millis(400),
-        ));
+        let pool = pool_answering_within(&authority, Duration::from_millis(400));
         let (status, _) = read_all(pool.send(get(), std::iter::empty()).await.unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         // The connection's timer still says the first request's deadline, 100 ms into this
