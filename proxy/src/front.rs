@@ -31,12 +31,10 @@ use tokio::time::Instant;
 
 use crate::Body;
 use crate::gate::{Conn, Gate};
-use crate::http1::{self, AppHeaders, Framing, HeaderSpans, MAX_HEADERS, WriteError};
+use crate::http1::{self, AppHeaders, Framing, HeaderSpans, MAX_HEADERS, READ_CHUNK, WriteError};
 
 /// The largest request body read together with its head; larger ones stream through hyper.
 pub const BUFFERED_BODY: usize = 16 * 1024;
-/// Reads ask for at least a quarter of this.
-const READ_CHUNK: usize = 8 * 1024;
 
 /// The limits of [`crate::config::Config`] that a request head is held to.
 #[derive(Debug, Clone)]
@@ -44,7 +42,8 @@ pub struct Settings {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
-    /// From a head's first byte to its last, body included when it is read with the head.
+    /// From the first read of a head to its last byte, body included when it is read with
+    /// the head.
     pub header_timeout: Duration,
 }
 
@@ -119,20 +118,14 @@ async fn next_request<I: AsyncRead + Unpin>(
 ) -> Next {
     let mut deadline = None;
     loop {
-        if buf.is_empty() {
-            // Back to the start of the buffer, whose lines are still in cache, once the last
-            // request's bytes have all been dropped.
-            let _ = buf.try_reclaim(READ_CHUNK);
-        } else {
+        if !buf.is_empty() {
             match parse(buf, settings) {
                 Parse::Request(request, close) => return Next::Request(request, close),
                 Parse::Unusual => return Next::Unusual,
                 Parse::More => {}
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        http1::make_room(buf);
         let read = if buf.is_empty() {
             tokio::select! {
                 biased;
@@ -253,10 +246,10 @@ fn framed(headers: &[httparse::Header<'_>]) -> Option<Framed> {
     for h in headers {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            if length.is_some() || h.value.is_empty() || h.value.len() > 18 || !h.value.iter().all(u8::is_ascii_digit) {
+            if length.is_some() {
                 return None;
             }
-            length = Some(h.value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+            length = Some(http1::decimal(h.value)?);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -336,7 +329,7 @@ fn encode_response_head(
     }
     for (name, value) in headers {
         if *name == header::CONTENT_LENGTH {
-            declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            declared = http1::decimal(value.as_bytes());
             continue;
         }
         if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {

@@ -400,17 +400,8 @@ impl AppHeaders {
     /// Puts the headers into `map`, ahead of those it holds.
     pub fn into_map(self, map: &mut HeaderMap) {
         let mut all = HeaderMap::with_capacity(self.spans.len() + map.len());
-        for span in &self.spans {
-            // httparse checked the name is a token, which is what a header name is.
-            let Ok(name) = HeaderName::from_bytes(span_name(&self.bytes, span)) else {
-                continue;
-            };
-            let at = span.value_at as usize;
-            // SAFETY: as in `RawHead::headers`: the span is where httparse found a value in
-            // these bytes (spans are only made by `HeaderSpans::of` and kept with the bytes
-            // they were taken in), and httparse accepts exactly what `HeaderValue` does.
-            let value =
-                unsafe { HeaderValue::from_maybe_shared_unchecked(self.bytes.slice(at..at + span.value_len as usize)) };
+        // httparse checked each name is a token, which is what a header name is.
+        for (name, value) in self.spans.iter().filter_map(|span| span_header(&self.bytes, span)) {
             all.append(name, value);
         }
         if let Some(length) = self.length {
@@ -440,14 +431,35 @@ pub fn all_headers<T>(response: &Response<T>) -> HeaderMap {
     map
 }
 
+/// The header at `span` of `bytes`, its value a slice of them. `None` for a name that is
+/// not a header name, or a span outside `bytes`.
+///
+/// Spans are only made by [`HeaderSpans::of`], from where httparse found each header in a
+/// head, and are kept only with the bytes taken from that head ([`HeaderSpans::split`]
+/// checks the buffer by address and length; `of` refuses a part outside the head).
+fn span_header(bytes: &Bytes, span: &Span) -> Option<(HeaderName, HeaderValue)> {
+    let name = HeaderName::from_bytes(bytes.get(span_range(span.name_at, span.name_len))?).ok()?;
+    let range = span_range(span.value_at, span.value_len);
+    if range.end > bytes.len() {
+        return None;
+    }
+    // SAFETY: as above, the bytes are a value httparse accepted, and httparse accepts in a
+    // value exactly the bytes `HeaderValue` does (HTAB, SP to `~`, 0x80 to 0xFF). Checking
+    // them again, byte by byte, cost a tenth of the request's parse (a bearer token is long).
+    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(range)) };
+    Some((name, value))
+}
+
+fn span_range(at: u32, len: u32) -> std::ops::Range<usize> {
+    at as usize..at as usize + len as usize
+}
+
 fn span_name<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
-    let at = span.name_at as usize;
-    bytes.get(at..at + span.name_len as usize).unwrap_or_default()
+    bytes.get(span_range(span.name_at, span.name_len)).unwrap_or_default()
 }
 
 fn span_value<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
-    let at = span.value_at as usize;
-    bytes.get(at..at + span.value_len as usize).unwrap_or_default()
+    bytes.get(span_range(span.value_at, span.value_len)).unwrap_or_default()
 }
 
 /// Where each header httparse found lies in the head it parsed (in storage of the
@@ -557,23 +569,9 @@ impl RawHead<'_> {
             false => (self.spans.spans, None),
             true => (&[][..], Some(None)),
         };
-        broken.into_iter().chain(spans.iter().map(|span| {
-            let (name_at, value_at) = (span.name_at as usize, span.value_at as usize);
-            let name = self.bytes.get(name_at..name_at + span.name_len as usize)?;
-            let name = HeaderName::from_bytes(name).ok()?;
-            let value_end = value_at + span.value_len as usize;
-            if value_end > self.bytes.len() {
-                return None;
-            }
-            let value = self.bytes.slice(value_at..value_end);
-            // SAFETY: the span is where httparse found this value in the buffer `split` took
-            // these bytes from (checked there by address and length; `of` refuses a value
-            // outside the head), and httparse accepts in a value exactly the bytes
-            // `HeaderValue` does (HTAB, SP to `~`, 0x80 to 0xFF). Checking them again, byte
-            // by byte, cost a tenth of the request's parse (a bearer token is long).
-            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
-            Some((name, value))
-        }))
+        broken
+            .into_iter()
+            .chain(spans.iter().map(|span| span_header(&self.bytes, span)))
     }
 
     /// How many headers the head has.
@@ -621,17 +619,36 @@ fn body_framing(
 fn content_length(value: &[u8], found: Option<u64>) -> Result<Option<u64>, ProtocolError> {
     let mut found = found;
     for member in value.split(|&b| b == b',') {
-        let member = member.trim_ascii();
-        if member.is_empty() || member.len() > 19 || !member.iter().all(u8::is_ascii_digit) {
-            return Err(ProtocolError::Length);
-        }
-        let n = member.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = decimal(member.trim_ascii()).ok_or(ProtocolError::Length)?;
         if found.is_some_and(|f| f != n) {
             return Err(ProtocolError::Length);
         }
         found = Some(n);
     }
     Ok(found)
+}
+
+/// A length as HTTP writes one: 1 to 19 ASCII digits, nothing else (no sign, no space).
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Read buffers grow by this much when less than a quarter of it is free.
+pub const READ_CHUNK: usize = 8 * 1024;
+
+/// Readies `buf` for the next read: back to the start of its allocation when it is empty
+/// (the first lines are still in cache; only possible once the bytes handed out of it have
+/// all been dropped), and grown when little room is left.
+pub fn make_room(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        let _ = buf.try_reclaim(READ_CHUNK);
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 /// What a chunked decoder took from the buffer.

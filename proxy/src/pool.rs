@@ -28,9 +28,6 @@ use crate::forward::UpstreamError;
 use crate::http1::{self, Chunk, ChunkedDecoder, Framing, Head, Polled, ProtocolError, WriteError};
 use crate::{Body, BoxError};
 
-/// Read buffers grow by this much when less than a quarter of it is free.
-const READ_CHUNK: usize = 8 * 1024;
-
 pub struct Http1Pool {
     host: String,
     port: u16,
@@ -172,7 +169,7 @@ impl Http1Pool {
         let _ = stream.set_nodelay(true);
         Ok(AppConn {
             stream,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::with_capacity(http1::READ_CHUNK),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         })
     }
@@ -312,29 +309,18 @@ async fn read_head<R: AsyncRead + Unpin>(
     asked_upgrade: bool,
 ) -> Result<Head, Failed> {
     let mut answered = false;
-    if buf.is_empty() {
-        // Back to the start of the buffer, whose first lines are still in cache, rather than
-        // on through it (only possible once the last response's bytes have all been dropped).
-        let _ = buf.try_reclaim(READ_CHUNK);
-    }
     loop {
         if !buf.is_empty()
             && let Some(head) = http1::parse_response_head(buf, method, asked_upgrade).map_err(|_| Failed::Protocol)?
         {
             return Ok(head);
         }
-        make_room(buf);
+        http1::make_room(buf);
         match reader.read_buf(buf).await {
             Ok(0) | Err(_) if !answered => return Err(Failed::Unanswered),
             Ok(0) | Err(_) => return Err(Failed::Protocol),
             Ok(_) => answered = true,
         }
-    }
-}
-
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -430,7 +416,7 @@ impl HttpBody for AppBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            make_room(&mut conn.buf);
+            http1::make_room(&mut conn.buf);
             let read = ready!(pin!(conn.stream.read_buf(&mut conn.buf)).poll(cx));
             match read {
                 Ok(0) if matches!(this.decoder, Decoder::Close) => {
