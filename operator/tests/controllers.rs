@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use portcullis_operator::bootstrap;
-use portcullis_operator::controller::{self, Config, Context, Reconciled};
+use portcullis_operator::controller::{self, Config, Context, Reconciler};
 use portcullis_operator::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
 use portcullis_operator::credentials;
 use portcullis_operator::local;
@@ -58,7 +58,7 @@ where
 /// pass only adds the finalizer), returning the fresh object.
 async fn settle<K, F, Fut>(api: &Api<K>, name: &str, ctx: &Arc<Context>, reconcile: F) -> K
 where
-    K: Reconciled,
+    K: Reconciler,
     F: Fn(Arc<K>, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = controller::Result<kube::runtime::controller::Action>>,
 {
@@ -71,7 +71,7 @@ where
     api.get(name).await.unwrap()
 }
 
-fn ready<K: Reconciled>(obj: &K) -> (String, String) {
+fn ready<K: Reconciler>(obj: &K) -> (String, String) {
     let c = obj
         .conditions()
         .iter()
@@ -98,7 +98,7 @@ fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
 async fn role(w: &World, name: &str, scopes: &[&str]) -> Role {
     let api: Api<Role> = Api::all(w.client.clone());
     create(&api, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Role", "metadata": {"name": name}, "spec": {"scopes": scopes}})).await;
-    settle(&api, name, &w.ctx, controller::role::reconcile).await
+    settle(&api, name, &w.ctx, controller::reconcile::<Role>).await
 }
 
 fn user_json(name: &str, roles: &[&str]) -> serde_json::Value {
@@ -121,7 +121,7 @@ async fn role_create_update_delete() {
     let api: Api<Role> = Api::all(w.client.clone());
     // A resync of an unchanged object writes nothing, not even its status.
     role(&w, "other", &["read"]).await;
-    controller::role::reconcile(Arc::new(api.get("auditor").await.unwrap()), w.ctx.clone())
+    controller::reconcile::<Role>(Arc::new(api.get("auditor").await.unwrap()), w.ctx.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -131,7 +131,7 @@ async fn role_create_update_delete() {
     let mut changed = r.clone();
     changed.spec.scopes = vec!["read".into()];
     api.replace("auditor", &PostParams::default(), &changed).await.unwrap();
-    settle(&api, "auditor", &w.ctx, controller::role::reconcile).await;
+    settle(&api, "auditor", &w.ctx, controller::reconcile::<Role>).await;
     assert_eq!(w.store.get_role("auditor").await.unwrap().unwrap().scopes, ["read"]);
 
     api.delete("auditor", &DeleteParams::default()).await.unwrap();
@@ -140,7 +140,7 @@ async fn role_create_update_delete() {
         deleting.metadata.deletion_timestamp.is_some(),
         "the finalizer holds the object"
     );
-    let _ = controller::role::reconcile(Arc::new(deleting), w.ctx.clone()).await;
+    let _ = controller::reconcile::<Role>(Arc::new(deleting), w.ctx.clone()).await;
     assert!(w.store.get_role("auditor").await.unwrap().is_none(), "rows removed");
     assert!(
         api.get_opt("auditor").await.unwrap().is_none(),
@@ -153,12 +153,12 @@ async fn user_waits_for_its_role_then_becomes_ready() {
     let w = world("user_missing_role").await;
     let users: Api<User> = Api::all(w.client.clone());
     create(&users, user_json("alice", &["auditor"])).await;
-    let alice = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    let alice = settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     assert_eq!(ready(&alice), ("False".into(), "RoleNotFound".into()));
     assert!(w.store.get_user("alice").await.unwrap().is_none());
 
     role(&w, "auditor", &["read"]).await;
-    let alice = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    let alice = settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     assert_eq!(ready(&alice), ("True".into(), "Reconciled".into()));
     assert_eq!(w.store.get_user("alice").await.unwrap().unwrap().roles, ["auditor"]);
 }
@@ -171,7 +171,7 @@ async fn user_password_is_hashed_once_per_secret_content() {
     let mut alice = user_json("alice", &[]);
     alice["spec"]["passwordSecretRef"] = json!({"name": "alice-password"});
     create(&users, alice).await;
-    let status = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    let status = settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     assert_eq!(ready(&status).1, "SecretNotFound");
 
     secrets
@@ -181,7 +181,7 @@ async fn user_password_is_hashed_once_per_secret_content() {
         )
         .await
         .unwrap();
-    let status = settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    let status = settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     assert_eq!(ready(&status).1, "Reconciled");
     let first = w.store.password("alice").await.unwrap().unwrap();
     assert!(credentials::verify_password("first-pw", &first.hash));
@@ -190,7 +190,7 @@ async fn user_password_is_hashed_once_per_secret_content() {
     // so a resync must not put the old one back.
     let chosen = credentials::hash_password("chosen-by-alice").unwrap();
     w.store.set_password("alice", &chosen, None).await.unwrap();
-    settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     assert_eq!(w.store.password("alice").await.unwrap().unwrap().hash, chosen);
 
     // The Secret changes: the administrator's new password wins.
@@ -202,7 +202,7 @@ async fn user_password_is_hashed_once_per_secret_content() {
         )
         .await
         .unwrap();
-    settle(&users, "alice", &w.ctx, controller::user::reconcile).await;
+    settle(&users, "alice", &w.ctx, controller::reconcile::<User>).await;
     let second = w.store.password("alice").await.unwrap().unwrap();
     assert!(credentials::verify_password("second-pw", &second.hash));
     assert_ne!(second.source_digest, first.source_digest);
@@ -214,7 +214,7 @@ async fn disabling_a_user_revokes_sessions_and_deleting_removes_everything() {
     bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
     let users: Api<User> = Api::all(w.client.clone());
     create(&users, user_json("bob", &["viewer"])).await;
-    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    settle(&users, "bob", &w.ctx, controller::reconcile::<User>).await;
     let now = unix_now();
     let session = portcullis_operator::store::SessionRow {
         id: "s-bob".into(),
@@ -233,11 +233,11 @@ async fn disabling_a_user_revokes_sessions_and_deleting_removes_everything() {
     let mut bob = users.get("bob").await.unwrap();
     bob.spec.disabled = true;
     users.replace("bob", &PostParams::default(), &bob).await.unwrap();
-    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    settle(&users, "bob", &w.ctx, controller::reconcile::<User>).await;
     assert!(w.store.sessions_of("bob").await.unwrap()[0].revoked_at.is_some());
 
     users.delete("bob", &DeleteParams::default()).await.unwrap();
-    let _ = controller::user::reconcile(Arc::new(users.get("bob").await.unwrap()), w.ctx.clone()).await;
+    let _ = controller::reconcile::<User>(Arc::new(users.get("bob").await.unwrap()), w.ctx.clone()).await;
     assert!(w.store.get_user("bob").await.unwrap().is_none());
     assert!(w.store.sessions_of("bob").await.unwrap().is_empty());
 }
@@ -252,12 +252,12 @@ async fn team_members_must_exist() {
                           "spec": {"members": [{"user": "carol", "role": "owner"}]}}),
     )
     .await;
-    let team = settle(&teams, "platform", &w.ctx, controller::team::reconcile).await;
+    let team = settle(&teams, "platform", &w.ctx, controller::reconcile::<Team>).await;
     assert_eq!(ready(&team).1, "UserNotFound");
     let users: Api<User> = Api::all(w.client.clone());
     create(&users, user_json("carol", &[])).await;
-    settle(&users, "carol", &w.ctx, controller::user::reconcile).await;
-    let team = settle(&teams, "platform", &w.ctx, controller::team::reconcile).await;
+    settle(&users, "carol", &w.ctx, controller::reconcile::<User>).await;
+    let team = settle(&teams, "platform", &w.ctx, controller::reconcile::<Team>).await;
     assert_eq!(ready(&team).1, "Reconciled");
     assert_eq!(
         w.store.get_team("platform").await.unwrap().unwrap().members,
@@ -270,7 +270,7 @@ async fn api_key_world(test: &str) -> (World, Api<ApiKey>, Api<Secret>) {
     bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
     let users: Api<User> = Api::all(w.client.clone());
     create(&users, user_json("bob", &["viewer"])).await;
-    settle(&users, "bob", &w.ctx, controller::user::reconcile).await;
+    settle(&users, "bob", &w.ctx, controller::reconcile::<User>).await;
     let keys: Api<ApiKey> = Api::namespaced(w.client.clone(), "shop");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
     (w, keys, secrets)
@@ -289,7 +289,7 @@ fn key_in(secret: &Secret) -> String {
 async fn api_key_is_generated_once_hashed_and_owned() {
     let (w, keys, secrets) = api_key_world("apikey_once").await;
     create(&keys, key_json("bob-cli", &["read"])).await;
-    let key = settle(&keys, "bob-cli", &w.ctx, controller::api_key::reconcile).await;
+    let key = settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
     assert_eq!(ready(&key).1, "Reconciled");
     let secret = secrets.get("bob-cli-apikey").await.unwrap();
     let plain = key_in(&secret);
@@ -309,7 +309,7 @@ async fn api_key_is_generated_once_hashed_and_owned() {
 
     // Resync: same key, nothing regenerated; a row deleted behind our back comes back.
     w.store.delete_api_keys("shop", "bob-cli").await.unwrap();
-    settle(&keys, "bob-cli", &w.ctx, controller::api_key::reconcile).await;
+    settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
     assert_eq!(key_in(&secrets.get("bob-cli-apikey").await.unwrap()), plain);
     assert!(
         w.store
@@ -322,7 +322,7 @@ async fn api_key_is_generated_once_hashed_and_owned() {
 
     // Deleting the APIKey revokes it at once.
     keys.delete("bob-cli", &DeleteParams::default()).await.unwrap();
-    let _ = controller::api_key::reconcile(Arc::new(keys.get("bob-cli").await.unwrap()), w.ctx.clone()).await;
+    let _ = controller::reconcile::<ApiKey>(Arc::new(keys.get("bob-cli").await.unwrap()), w.ctx.clone()).await;
     assert!(
         w.store
             .find_api_key(&credentials::hash_api_key(&plain))
@@ -336,7 +336,7 @@ async fn api_key_is_generated_once_hashed_and_owned() {
 async fn api_key_scopes_are_capped_at_the_owners() {
     let (w, keys, _) = api_key_world("apikey_scopes").await;
     create(&keys, key_json("too-wide", &["read", "write"])).await;
-    let key = settle(&keys, "too-wide", &w.ctx, controller::api_key::reconcile).await;
+    let key = settle(&keys, "too-wide", &w.ctx, controller::reconcile::<ApiKey>).await;
     let (status, reason) = ready(&key);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "ScopesExceedOwner"));
     let rows = w.store.api_keys_of("shop", "too-wide").await.unwrap();
@@ -347,7 +347,7 @@ async fn api_key_scopes_are_capped_at_the_owners() {
 async fn api_key_rotation_keeps_the_old_key_for_the_grace_period() {
     let (w, keys, secrets) = api_key_world("apikey_rotation").await;
     create(&keys, key_json("ci", &["read"])).await;
-    settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    settle(&keys, "ci", &w.ctx, controller::reconcile::<ApiKey>).await;
     let old = key_in(&secrets.get("ci-apikey").await.unwrap());
     let mut key = keys.get("ci").await.unwrap();
     key.metadata.annotations = Some(BTreeMap::from([(
@@ -356,7 +356,7 @@ async fn api_key_rotation_keeps_the_old_key_for_the_grace_period() {
     )]));
     keys.replace("ci", &PostParams::default(), &key).await.unwrap();
     let before = unix_now();
-    let rotated = settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    let rotated = settle(&keys, "ci", &w.ctx, controller::reconcile::<ApiKey>).await;
     let new = key_in(&secrets.get("ci-apikey").await.unwrap());
     assert_ne!(new, old);
     assert_eq!(rotated.status.as_ref().unwrap().rotation.as_deref(), Some("2026-11-24"));
@@ -382,7 +382,7 @@ async fn api_key_rotation_keeps_the_old_key_for_the_grace_period() {
         None
     );
     // The same annotation value does not rotate again.
-    settle(&keys, "ci", &w.ctx, controller::api_key::reconcile).await;
+    settle(&keys, "ci", &w.ctx, controller::reconcile::<ApiKey>).await;
     assert_eq!(key_in(&secrets.get("ci-apikey").await.unwrap()), new);
 }
 
@@ -392,7 +392,7 @@ async fn source_gets_its_own_write_key() {
     let sources: Api<Source> = Api::namespaced(w.client.clone(), "shop");
     create(&sources, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Source", "metadata": {"name": "edge-syslog", "namespace": "shop"},
                             "spec": {"type": "syslog"}})).await;
-    let source = settle(&sources, "edge-syslog", &w.ctx, controller::source::reconcile).await;
+    let source = settle(&sources, "edge-syslog", &w.ctx, controller::reconcile::<Source>).await;
     assert_eq!(ready(&source).1, "Reconciled");
     let secret: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
     let plain = key_in(&secret.get("edge-syslog-source-key").await.unwrap());
@@ -407,7 +407,7 @@ async fn source_gets_its_own_write_key() {
         (OwnerKind::Source, vec!["write".to_string()])
     );
     sources.delete("edge-syslog", &DeleteParams::default()).await.unwrap();
-    let _ = controller::source::reconcile(Arc::new(sources.get("edge-syslog").await.unwrap()), w.ctx.clone()).await;
+    let _ = controller::reconcile::<Source>(Arc::new(sources.get("edge-syslog").await.unwrap()), w.ctx.clone()).await;
     assert!(w.store.find_api_key(&row.key_hash).await.unwrap().is_none());
     assert!(w.store.get_source("shop", "edge-syslog").await.unwrap().is_none());
 }
@@ -418,13 +418,13 @@ async fn access_policy_with_a_bad_glob_is_not_ready() {
     let policies: Api<AccessPolicy> = Api::namespaced(w.client.clone(), "shop");
     create(&policies, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "api", "namespace": "shop"},
                              "spec": {"rules": [{"name": "r", "paths": ["/a/**/b"]}]}})).await;
-    let policy = settle(&policies, "api", &w.ctx, controller::access_policy::reconcile).await;
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
     assert_eq!(ready(&policy).1, "InvalidPolicy");
     assert!(w.store.get_policy("shop", "api").await.unwrap().is_none());
     let mut fixed = policy.clone();
     fixed.spec.rules[0].paths = vec!["/a/**".into()];
     policies.replace("api", &PostParams::default(), &fixed).await.unwrap();
-    let policy = settle(&policies, "api", &w.ctx, controller::access_policy::reconcile).await;
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
     assert_eq!(ready(&policy).1, "Reconciled");
     assert_eq!(
         w.store.get_policy("shop", "api").await.unwrap().unwrap().rules[0].paths,
@@ -438,7 +438,7 @@ async fn paused_objects_are_left_alone() {
     let api: Api<Role> = Api::all(w.client.clone());
     create(&api, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Role",
                         "metadata": {"name": "frozen", "annotations": {"portcullis.io/paused": "true"}}, "spec": {"scopes": ["read"]}})).await;
-    let role = settle(&api, "frozen", &w.ctx, controller::role::reconcile).await;
+    let role = settle(&api, "frozen", &w.ctx, controller::reconcile::<Role>).await;
     assert!(w.store.get_role("frozen").await.unwrap().is_none());
     assert!(
         role.conditions()
@@ -532,9 +532,9 @@ async fn database_outage_mid_reconcile_recovers_without_loss() {
     let users: Api<User> = Api::all(client.clone());
     create(&users, user_json("dora", &["viewer"])).await;
     // First pass adds the finalizer; then the database goes away.
-    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    let _ = controller::reconcile::<User>(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
     outage.cut();
-    let err = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone())
+    let err = controller::reconcile::<User>(Arc::new(users.get("dora").await.unwrap()), ctx.clone())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "DatabaseUnavailable", "{err}");
@@ -546,7 +546,7 @@ async fn database_outage_mid_reconcile_recovers_without_loss() {
     assert_eq!(ready(&dora), ("False".into(), "DatabaseUnavailable".into()));
 
     outage.restore();
-    let dora = settle(&users, "dora", &ctx, controller::user::reconcile).await;
+    let dora = settle(&users, "dora", &ctx, controller::reconcile::<User>).await;
     assert_eq!(ready(&dora), ("True".into(), "Reconciled".into()));
     let snapshot = db.store.read_snapshot(unix_now()).await.unwrap();
     assert_eq!(
@@ -559,14 +559,14 @@ async fn database_outage_mid_reconcile_recovers_without_loss() {
     // Deleted while the database is down: the finalizer keeps the object.
     users.delete("dora", &DeleteParams::default()).await.unwrap();
     outage.cut();
-    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    let _ = controller::reconcile::<User>(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
     assert!(
         users.get_opt("dora").await.unwrap().is_some(),
         "kept until its rows are gone"
     );
     assert!(db.store.get_user("dora").await.unwrap().is_some());
     outage.restore();
-    let _ = controller::user::reconcile(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
+    let _ = controller::reconcile::<User>(Arc::new(users.get("dora").await.unwrap()), ctx.clone()).await;
     assert!(users.get_opt("dora").await.unwrap().is_none());
     assert!(db.store.get_user("dora").await.unwrap().is_none(), "nothing orphaned");
     store.close().await;

@@ -15,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Config as WatchConfig;
 use kube::{Client, ResourceExt};
 
-use super::{Context, error_policy};
+use super::{Context, error_policy, reconcile};
 use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
 
 /// Which namespaces the namespaced controllers (APIKey, Source, AccessPolicy) watch.
@@ -63,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
     // Role
     let roles = Controller::new(Api::<Role>::all(client.clone()), wc.clone()).graceful_shutdown_on(shutdown.clone());
     stores.push(ready(roles.store()));
-    controllers.push(drive(roles.run(super::role::reconcile, error_policy, ctx.clone())));
+    controllers.push(drive(roles.run(reconcile::<Role>, error_policy, ctx.clone())));
 
     // User ← Role, password Secrets (in the operator's namespace; others are picked up by the resync)
     let users = Controller::new(Api::<User>::all(client.clone()), wc.clone());
@@ -92,7 +92,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             },
         )
         .graceful_shutdown_on(shutdown.clone());
-    controllers.push(drive(users.run(super::user::reconcile, error_policy, ctx.clone())));
+    controllers.push(drive(users.run(reconcile::<User>, error_policy, ctx.clone())));
 
     // Team ← User
     let teams = Controller::new(Api::<Team>::all(client.clone()), wc.clone());
@@ -104,7 +104,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             refs(&team_store, |t: &Team| t.spec.members.iter().any(|m| m.user == name))
         })
         .graceful_shutdown_on(shutdown.clone());
-    controllers.push(drive(teams.run(super::team::reconcile, error_policy, ctx.clone())));
+    controllers.push(drive(teams.run(reconcile::<Team>, error_policy, ctx.clone())));
 
     for (api, secrets) in namespaces.apis::<Source>(&client) {
         // Source ← Team, owned key Secret
@@ -120,7 +120,7 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
                 })
             })
             .graceful_shutdown_on(shutdown.clone());
-        controllers.push(drive(sources.run(super::source::reconcile, error_policy, ctx.clone())));
+        controllers.push(drive(sources.run(reconcile::<Source>, error_policy, ctx.clone())));
     }
 
     for (api, secrets) in namespaces.apis::<ApiKey>(&client) {
@@ -145,14 +145,14 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
                 })
             })
             .graceful_shutdown_on(shutdown.clone());
-        controllers.push(drive(keys.run(super::api_key::reconcile, error_policy, ctx.clone())));
+        controllers.push(drive(keys.run(reconcile::<ApiKey>, error_policy, ctx.clone())));
     }
 
     for (api, _) in namespaces.apis::<AccessPolicy>(&client) {
         let policies = Controller::new(api, wc.clone()).graceful_shutdown_on(shutdown.clone());
         stores.push(ready(policies.store()));
         controllers.push(drive(policies.run(
-            super::access_policy::reconcile,
+            reconcile::<AccessPolicy>,
             error_policy,
             ctx.clone(),
         )));

@@ -1,8 +1,22 @@
 //! The controllers: one reconciler per kind, each close to a pure function of (object,
 //! what the store holds). This module holds what they share: the [`Context`], the one
-//! [`Error`] type, and [`run`], which wraps every reconcile with the finalizer, the
-//! `portcullis.io/paused` switch, the status write (server-side apply), events and
-//! metrics, so that a kind's module only says what "applied" and "cleaned up" mean.
+//! [`Error`] type, the [`Reconciler`] trait and [`reconcile`], which wraps every
+//! reconcile with the finalizer, the `portcullis.io/paused` switch, the status write
+//! (server-side apply), events and metrics, so that a kind's module only says what
+//! "applied" and "cleaned up" mean.
+//!
+//! # Adding a kind
+//!
+//! 1. The custom resource in `crd/` (its status holds a [`crd::Status`], directly or as
+//!    `common`, and implements `AsRef<crd::Status>`), listed in `crd::all()`.
+//! 2. A module here, `controller/<kind>.rs`, with `impl Reconciler for <Kind>`: `KIND`
+//!    (the controller's name in metrics and logs), `apply` (make the database hold what
+//!    the object asks for, and say whether it is Ready) and `cleanup` (remove its rows;
+//!    the finalizer keeps the object until this succeeds).
+//! 3. One line in [`manager::run`]: `Controller::new(...)` with the watches that make a
+//!    change elsewhere re-reconcile it, run with `reconcile::<Kind>` and [`error_policy`].
+//! 4. For local mode, its line in `local::converge` and `local::report` (dependency
+//!    order), and its arms in `local::manifests` (namespaced or not) and `local::sync`.
 
 pub mod access_policy;
 pub mod api_key;
@@ -20,15 +34,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, PatchParams};
+use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use crate::crd;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -104,7 +121,7 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("hashing the password failed: {0}")]
     Hash(String),
     #[error("object has no {0}")]
@@ -129,27 +146,96 @@ impl Error {
             Error::Store(_) => "DatabaseError",
             Error::Kube(_) => "KubernetesError",
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.reason()
-                }
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "FinalizerError",
             },
             Error::Hash(_) => "PasswordHashFailed",
             Error::MissingMetadata(_) => "InvalidObject",
         }
     }
+
+    /// When to reconcile again after this error (see [`error_policy`]).
+    pub fn retry_after(&self) -> Duration {
+        if self.is_database_unavailable() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(30)
+        }
+    }
+
+    /// Whether the database was unavailable, also when the finalizer wraps the error.
+    pub fn is_database_unavailable(&self) -> bool {
+        match self {
+            Error::DatabaseUnavailable(_) => true,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.is_database_unavailable(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A kind the operator reconciles.
-pub trait Reconciled:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+/// A kind the operator reconciles: what "applied" and "cleaned up" mean for it. The
+/// rest (finalizer, pause switch, status, events, metrics, requeue) is [`reconcile`]'s.
+pub trait Reconciler:
+    Resource<DynamicType = (), Scope: ApiScope>
+    + HasStatus<Status: AsRef<crd::Status>>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
-    /// Controller name, used in metrics and logs.
-    const CONTROLLER: &'static str;
+    /// Controller name, used in metrics and logs (lower case: `user`, `apikey`).
+    const KIND: &'static str;
+
+    /// Makes the database hold what the object asks for, and says whether it is Ready.
+    /// A problem the user must fix is an `Ok` not-ready [`Verdict`]; an `Err` is retried.
+    fn apply(&self, ctx: &Context) -> impl Future<Output = Result<Applied>> + Send;
+
+    /// Removes what [`Reconciler::apply`] wrote; the object is kept (by the finalizer)
+    /// until this succeeds.
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<()>> + Send;
+
     /// The object's current conditions (to keep transition times).
-    fn conditions(&self) -> &[Condition];
+    fn conditions(&self) -> &[Condition] {
+        self.status().map_or(&[], |s| &s.as_ref().conditions)
+    }
+
+    /// The API the object lives in: its namespace's, or the cluster's.
+    fn api(&self, client: &Client) -> Api<Self> {
+        <Self::Scope as ApiScope>::api(client, self.namespace().as_deref())
+    }
+}
+
+/// Cluster- or namespace-scoped: where a kind's API is.
+pub trait ApiScope {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = Self>;
+}
+
+impl ApiScope for ClusterResourceScope {
+    fn api<K>(client: &Client, _namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = Self>,
+    {
+        Api::all(client.clone())
+    }
+}
+
+impl ApiScope for NamespaceResourceScope {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = Self>,
+    {
+        Api::namespaced(client.clone(), namespace.unwrap_or_default())
+    }
 }
 
 /// What an apply concluded: the Ready verdict and kind-specific status fields.
@@ -167,46 +253,28 @@ impl From<Verdict> for Applied {
     }
 }
 
-/// Reconciles one object: finalizer first, then `apply` (object present) or `cleanup`
-/// (object deleting; the finalizer stays until cleanup succeeds, so nothing is
-/// orphaned while the database is down). Writes status and events, counts metrics.
-pub async fn run<K, A, AF, C, CF>(api: Api<K>, obj: Arc<K>, ctx: Arc<Context>, apply: A, cleanup: C) -> Result<Action>
-where
-    K: Reconciled,
-    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
-    AF: Future<Output = Result<Applied>>,
-    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
-    CF: Future<Output = Result<()>>,
-{
+/// Reconciles one object: finalizer first, then [`Reconciler::apply`] (object present)
+/// or [`Reconciler::cleanup`] (object deleting; the finalizer stays until cleanup
+/// succeeds, so nothing is orphaned while the database is down). Writes status and
+/// events, counts metrics. This is the function every controller runs.
+pub async fn reconcile<K: Reconciler>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let metrics = ctx.metrics.clone();
-    let timer = metrics.reconcile_timer(K::CONTROLLER);
+    let timer = metrics.reconcile_timer(K::KIND);
     let name = obj.name_any();
-    let span = tracing::info_span!("reconcile", controller = K::CONTROLLER, object = %name, namespace = obj.namespace().unwrap_or_default());
-    let result = reconcile_once(api, obj, ctx, apply, cleanup).instrument(span).await;
+    let span = tracing::info_span!("reconcile", controller = K::KIND, object = %name, namespace = obj.namespace().unwrap_or_default());
+    let result = reconcile_once(obj, ctx).instrument(span).await;
     match &result {
         Ok(_) => timer.finish(Ok(())),
         Err(err) => {
-            tracing::warn!(controller = K::CONTROLLER, object = %name, reason = err.reason(), error = %err, "reconcile failed");
+            tracing::warn!(controller = K::KIND, object = %name, reason = err.reason(), error = %err, "reconcile failed");
             timer.finish(Err(err.reason()));
         }
     }
     result
 }
 
-async fn reconcile_once<K, A, AF, C, CF>(
-    api: Api<K>,
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-    apply: A,
-    cleanup: C,
-) -> Result<Action>
-where
-    K: Reconciled,
-    A: FnOnce(Arc<K>, Arc<Context>) -> AF,
-    AF: Future<Output = Result<Applied>>,
-    C: FnOnce(Arc<K>, Arc<Context>) -> CF,
-    CF: Future<Output = Result<()>>,
-{
+async fn reconcile_once<K: Reconciler>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let api = obj.api(&ctx.client);
     let paused = obj.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
     if paused && obj.meta().deletion_timestamp.is_none() {
         status::write(&api, &obj, &Verdict::paused(), serde_json::Map::new(), &ctx)
@@ -215,7 +283,7 @@ where
     } else {
         let outcome = finalizer(&api, FINALIZER, obj.clone(), |event| async {
             match event {
-                FinalizerEvent::Apply(obj) => match apply(obj.clone(), ctx.clone()).await {
+                FinalizerEvent::Apply(obj) => match obj.apply(&ctx).await {
                     Ok(applied) => {
                         status::write(&api, &obj, &applied.verdict, applied.extra_status, &ctx).await?;
                         Ok(Action::requeue(ctx.config.resync))
@@ -229,9 +297,9 @@ where
                         Err(err)
                     }
                 },
-                FinalizerEvent::Cleanup(obj) => match cleanup(obj.clone(), ctx.clone()).await {
+                FinalizerEvent::Cleanup(obj) => match obj.cleanup(&ctx).await {
                     Ok(()) => {
-                        tracing::info!(controller = K::CONTROLLER, object = %obj.name_any(), "rows removed");
+                        tracing::info!(controller = K::KIND, object = %obj.name_any(), "rows removed");
                         Ok(Action::await_change())
                     }
                     Err(err) => {
@@ -250,13 +318,43 @@ where
 /// Requeue policy on errors: soon for a database outage (it is usually short), later
 /// for everything else.
 pub fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    match err.reason() {
-        "DatabaseUnavailable" => Action::requeue(Duration::from_secs(5)),
-        _ => Action::requeue(Duration::from_secs(30)),
-    }
+    Action::requeue(err.retry_after())
 }
 
 /// Patch parameters for everything the operator owns.
 pub fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> Error {
+        Error::from(StoreError::Database(sqlx::Error::PoolTimedOut))
+    }
+
+    fn refused() -> Error {
+        Error::from(StoreError::NotFound {
+            kind: "user",
+            name: "x".into(),
+        })
+    }
+
+    #[test]
+    fn an_outage_is_retried_soon_also_through_the_finalizer() {
+        let soon = Duration::from_secs(5);
+        let later = Duration::from_secs(30);
+        let policy = Error::retry_after;
+        assert_eq!(policy(&unavailable()), soon);
+        for wrap in [finalizer::Error::ApplyFailed, finalizer::Error::CleanupFailed] {
+            assert_eq!(policy(&Error::Finalizer(Box::new(wrap(unavailable())))), soon);
+            assert_eq!(policy(&Error::Finalizer(Box::new(wrap(refused())))), later);
+        }
+        assert_eq!(policy(&refused()), later);
+        assert_eq!(
+            policy(&Error::Finalizer(Box::new(finalizer::Error::UnnamedObject))),
+            later
+        );
+    }
 }

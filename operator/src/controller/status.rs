@@ -6,7 +6,7 @@ use kube::api::{Api, Patch};
 use kube::runtime::events::{Event, EventType};
 use serde_json::{Map, Value, json};
 
-use super::{Context, MANAGER, Reconciled, Result, apply_params};
+use super::{Context, MANAGER, Reconciler, Result, apply_params};
 
 /// What a reconcile concluded about an object, shown as its `Ready` condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub fn conditions(previous: &[Condition], verdict: &Verdict, generation: Option<
 }
 
 /// Writes the status of `obj` and publishes an event when `Ready` changes.
-pub async fn write<K: Reconciled>(
+pub async fn write<K: Reconciler>(
     api: &Api<K>,
     obj: &K,
     verdict: &Verdict,

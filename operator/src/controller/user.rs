@@ -1,29 +1,13 @@
 //! User → `users`, `user_roles`, and the password hash from `passwordSecretRef`.
 
-use std::sync::Arc;
-
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
 
-use super::{Applied, Context, Error, Reconciled, Result, Verdict, run};
+use super::{Applied, Context, Error, Reconciler, Result, Verdict};
 use crate::crd::{SecretKeyRef, User};
 use crate::credentials;
 use crate::store::{StoreError, UserRow};
-
-impl Reconciled for User {
-    const CONTROLLER: &'static str = "user";
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-}
-
-pub async fn reconcile(obj: Arc<User>, ctx: Arc<Context>) -> Result<Action> {
-    let api: Api<User> = Api::all(ctx.client.clone());
-    run(api, obj, ctx, apply, cleanup).await
-}
 
 /// The row a User spec asks for.
 pub fn desired_row(user: &User) -> UserRow {
@@ -35,32 +19,41 @@ pub fn desired_row(user: &User) -> UserRow {
     row
 }
 
-async fn apply(user: Arc<User>, ctx: Arc<Context>) -> Result<Applied> {
-    let row = desired_row(&user);
-    match ctx.store.upsert_user(&row).await {
-        Ok(_) => {}
-        Err(StoreError::MissingReference { names, .. }) => {
-            return Ok(Verdict::not_ready("RoleNotFound", format!("no Role named {}", names.join(", "))).into());
+impl Reconciler for User {
+    const KIND: &'static str = "user";
+
+    async fn apply(&self, ctx: &Context) -> Result<Applied> {
+        let row = desired_row(self);
+        match ctx.store.upsert_user(&row).await {
+            Ok(_) => {}
+            Err(StoreError::MissingReference { names, .. }) => {
+                return Ok(Verdict::not_ready("RoleNotFound", format!("no Role named {}", names.join(", "))).into());
+            }
+            Err(StoreError::EmailTaken { email, owner }) => {
+                return Ok(Verdict::not_ready(
+                    "EmailConflict",
+                    format!("e-mail {email} already belongs to user {owner}"),
+                )
+                .into());
+            }
+            Err(other) => return Err(other.into()),
         }
-        Err(StoreError::EmailTaken { email, owner }) => {
-            return Ok(Verdict::not_ready(
-                "EmailConflict",
-                format!("e-mail {email} already belongs to user {owner}"),
-            )
-            .into());
+        if let Some(secret_ref) = &self.spec.password_secret_ref
+            && let Some(verdict) = apply_password(ctx, &row.name, secret_ref).await?
+        {
+            return Ok(verdict.into());
         }
-        Err(other) => return Err(other.into()),
+        let mut message = format!("{} role(s)", row.roles.len());
+        if row.disabled {
+            message.push_str("; disabled: logins refused, sessions revoked");
+        }
+        Ok(Verdict::ready(message).into())
     }
-    if let Some(secret_ref) = &user.spec.password_secret_ref
-        && let Some(verdict) = apply_password(&ctx, &row.name, secret_ref).await?
-    {
-        return Ok(verdict.into());
+
+    async fn cleanup(&self, ctx: &Context) -> Result<()> {
+        ctx.store.delete_user(&self.name_any()).await?;
+        Ok(())
     }
-    let mut message = format!("{} role(s)", row.roles.len());
-    if row.disabled {
-        message.push_str("; disabled: logins refused, sessions revoked");
-    }
-    Ok(Verdict::ready(message).into())
 }
 
 /// Hashes the Secret's password into the store when the Secret's content differs from
@@ -102,9 +95,4 @@ pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         return String::from_utf8(bytes.0.clone()).ok();
     }
     secret.string_data.as_ref().and_then(|d| d.get(key)).cloned()
-}
-
-async fn cleanup(user: Arc<User>, ctx: Arc<Context>) -> Result<()> {
-    ctx.store.delete_user(&user.name_any()).await?;
-    Ok(())
 }

@@ -106,3 +106,9 @@ pub struct ApiKeyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<String>,
 }
+
+impl AsRef<Status> for ApiKeyStatus {
+    fn as_ref(&self) -> &Status {
+        &self.common
+    }
+}

@@ -58,6 +58,13 @@ pub struct Status {
     pub conditions: Vec<Condition>,
 }
 
+/// Kinds whose status is just [`Status`] and kinds that extend it reach it alike.
+impl AsRef<Status> for Status {
+    fn as_ref(&self) -> &Status {
+        self
+    }
+}
+
 /// A key of a Secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -105,3 +105,9 @@ pub struct SourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret: Option<String>,
 }
+
+impl AsRef<Status> for SourceStatus {
+    fn as_ref(&self) -> &Status {
+        &self.common
+    }
+}

@@ -22,7 +22,7 @@ pub mod api;
 
 pub use api::MemoryApi;
 
-use crate::controller::{self, Context, Reconciled};
+use crate::controller::{self, Context, Reconciler};
 use crate::crd::{self, AccessPolicy, ApiKey, Role, Source, Team, User};
 
 /// One object read from the manifests directory.
@@ -345,54 +345,12 @@ pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
         // After the first pass, only what is not settled yet: in dependency order, a
         // Ready object's references were all there when it was reconciled.
         let only_unsettled = pass > 0;
-        reconcile_all(
-            ctx,
-            Api::<Role>::all(client.clone()),
-            |_| Api::all(client.clone()),
-            controller::role::reconcile,
-            only_unsettled,
-        )
-        .await?;
-        reconcile_all(
-            ctx,
-            Api::<User>::all(client.clone()),
-            |_| Api::all(client.clone()),
-            controller::user::reconcile,
-            only_unsettled,
-        )
-        .await?;
-        reconcile_all(
-            ctx,
-            Api::<Team>::all(client.clone()),
-            |_| Api::all(client.clone()),
-            controller::team::reconcile,
-            only_unsettled,
-        )
-        .await?;
-        reconcile_all(
-            ctx,
-            Api::<Source>::all(client.clone()),
-            |o| in_namespace(client, o),
-            controller::source::reconcile,
-            only_unsettled,
-        )
-        .await?;
-        reconcile_all(
-            ctx,
-            Api::<ApiKey>::all(client.clone()),
-            |o| in_namespace(client, o),
-            controller::api_key::reconcile,
-            only_unsettled,
-        )
-        .await?;
-        reconcile_all(
-            ctx,
-            Api::<AccessPolicy>::all(client.clone()),
-            |o| in_namespace(client, o),
-            controller::access_policy::reconcile,
-            only_unsettled,
-        )
-        .await?;
+        reconcile_all::<Role>(ctx, only_unsettled).await?;
+        reconcile_all::<User>(ctx, only_unsettled).await?;
+        reconcile_all::<Team>(ctx, only_unsettled).await?;
+        reconcile_all::<Source>(ctx, only_unsettled).await?;
+        reconcile_all::<ApiKey>(ctx, only_unsettled).await?;
+        reconcile_all::<AccessPolicy>(ctx, only_unsettled).await?;
         let now = (
             statuses(client).await?,
             ctx.store.revision().await.map_err(|e| e.to_string())?,
@@ -406,30 +364,12 @@ pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, String> {
     Ok(last.0)
 }
 
-fn in_namespace<K>(client: &Client, obj: &K) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    Api::namespaced(client.clone(), obj.namespace().as_deref().unwrap_or("default"))
-}
-
 /// Objects listed per request: bounds memory whatever the number of objects.
 const PAGE: u32 = 500;
 
-async fn reconcile_all<K, A, F, Fut>(
-    ctx: &Arc<Context>,
-    list_api: Api<K>,
-    api_of: A,
-    reconcile: F,
-    only_unsettled: bool,
-) -> Result<(), String>
-where
-    K: Reconciled,
-    A: Fn(&K) -> Api<K>,
-    F: Fn(Arc<K>, Arc<Context>) -> Fut,
-    Fut: std::future::Future<Output = controller::Result<kube::runtime::controller::Action>>,
-{
+async fn reconcile_all<K: Reconciler>(ctx: &Arc<Context>, only_unsettled: bool) -> Result<(), String> {
     use futures::StreamExt;
+    let list_api: Api<K> = Api::all(ctx.client.clone());
     let mut params = ListParams::default().limit(PAGE);
     loop {
         let page = list_api.list(&params).await.map_err(|e| e.to_string())?;
@@ -438,18 +378,16 @@ where
         let todo = page.items.into_iter().filter(|obj| !(only_unsettled && settled(obj)));
         futures::stream::iter(todo)
             .for_each_concurrent(CONCURRENCY, |obj| {
-                let api = api_of(&obj);
+                let api = obj.api(&ctx.client);
                 let name = obj.name_any();
                 let fresh = obj.meta().deletion_timestamp.is_none()
                     && !obj.finalizers().iter().any(|f| f == controller::FINALIZER);
-                let first = reconcile(Arc::new(obj), ctx.clone());
-                let reconcile = &reconcile;
                 async move {
-                    let _ = first.await;
+                    let _ = controller::reconcile(Arc::new(obj), ctx.clone()).await;
                     // The first reconcile of a new object only adds the finalizer; in a
                     // cluster the resulting watch event brings it straight back.
                     if fresh && let Ok(Some(obj)) = api.get_opt(&name).await {
-                        let _ = reconcile(Arc::new(obj), ctx.clone()).await;
+                        let _ = controller::reconcile(Arc::new(obj), ctx.clone()).await;
                     }
                 }
             })
@@ -462,7 +400,7 @@ where
 }
 
 /// Ready for the generation it has, and not being deleted.
-fn settled<K: Reconciled>(obj: &K) -> bool {
+fn settled<K: Reconciler>(obj: &K) -> bool {
     let generation = obj.meta().generation;
     obj.meta().deletion_timestamp.is_none()
         && obj
@@ -483,7 +421,7 @@ pub async fn statuses(client: &Client) -> Result<Vec<ObjectStatus>, String> {
     Ok(out)
 }
 
-async fn collect<K: Reconciled>(client: &Client, kind: &str, out: &mut Vec<ObjectStatus>) -> Result<(), String> {
+async fn collect<K: Reconciler>(client: &Client, kind: &str, out: &mut Vec<ObjectStatus>) -> Result<(), String> {
     let api: Api<K> = Api::all(client.clone());
     let mut params = ListParams::default().limit(PAGE);
     loop {
