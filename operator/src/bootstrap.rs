@@ -9,41 +9,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::controller::{Error, MANAGER, Result};
+use crate::controller::{MANAGER, Result};
 use crate::credentials;
-use crate::store::{RoleRow, Store, UserRow};
+use crate::store::{Store, UserRow, builtin_roles};
 
 pub const ADMIN_USER: &str = "admin";
 pub const ADMIN_EMAIL: &str = "admin@localhost.local";
 /// Secret (in the operator's namespace) holding the bootstrap admin's credentials.
 pub const ADMIN_SECRET: &str = "portcullis-initial-admin";
-
-/// The built-in roles: admin, maintainer, viewer.
-pub fn builtin_roles() -> Vec<RoleRow> {
-    let role = |name: &str, scopes: &[&str], description: &str| {
-        let mut row = RoleRow::new(name, scopes.iter().copied());
-        row.description = Some(description.to_string());
-        row.builtin = true;
-        row
-    };
-    vec![
-        role(
-            "admin",
-            &["read", "write", "admin"],
-            "Everything, including user and policy administration.",
-        ),
-        role(
-            "maintainer",
-            &["read", "write"],
-            "Reads and changes data; no administration.",
-        ),
-        role("viewer", &["read"], "Reads only."),
-    ]
-}
-
-pub fn builtin_role(name: &str) -> Option<RoleRow> {
-    builtin_roles().into_iter().find(|r| r.name == name)
-}
 
 /// What bootstrap did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -106,10 +79,7 @@ pub async fn run(store: &Store, client: &Client, namespace: &str) -> Result<Repo
         .upsert_user(&UserRow::new(ADMIN_USER, ADMIN_EMAIL).with_roles(["admin"]))
         .await?;
     let digest = credentials::sha256_hex(password.as_bytes());
-    let hash = tokio::task::spawn_blocking(move || credentials::hash_password(&password))
-        .await
-        .map_err(|e| Error::Hash(e.to_string()))?
-        .map_err(|e| Error::Hash(e.to_string()))?;
+    let hash = credentials::hash_password_blocking(password).await?;
     store.set_password(ADMIN_USER, &hash, Some(&digest)).await?;
     report.admin_created = true;
     tracing::info!(

@@ -71,6 +71,22 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(hasher().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error(transparent)]
+    Argon2(#[from] argon2::password_hash::Error),
+    /// The blocking thread panicked or the runtime is shutting down.
+    #[error(transparent)]
+    Thread(#[from] tokio::task::JoinError),
+}
+
+/// [`hash_password`] on a blocking thread, so that async callers never stall the
+/// runtime for the tens of milliseconds argon2 takes on purpose.
+pub async fn hash_password_blocking(password: String) -> Result<String, HashError> {
+    Ok(tokio::task::spawn_blocking(move || hash_password(&password)).await??)
+}
+
 /// Checks a password against a stored argon2 hash (constant time inside argon2).
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())

@@ -123,7 +123,7 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("hashing the password failed: {0}")]
-    Hash(String),
+    Hash(#[from] crate::credentials::HashError),
     #[error("object has no {0}")]
     MissingMetadata(&'static str),
 }

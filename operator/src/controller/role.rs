@@ -3,9 +3,8 @@
 use kube::ResourceExt;
 
 use super::{Applied, Context, Reconciler, Result, Verdict};
-use crate::bootstrap::builtin_role;
 use crate::crd::Role;
-use crate::store::RoleRow;
+use crate::store::{RoleRow, builtin_role};
 
 impl Reconciler for Role {
     const KIND: &'static str = "role";

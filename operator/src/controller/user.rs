@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use super::{Applied, Context, Error, Reconciler, Result, Verdict};
+use super::{Applied, Context, Reconciler, Result, Verdict};
 use crate::crd::{SecretKeyRef, User};
 use crate::credentials;
 use crate::store::{StoreError, UserRow};
@@ -80,10 +80,7 @@ async fn apply_password(ctx: &Context, user: &str, secret_ref: &SecretKeyRef) ->
     if current.as_ref().and_then(|p| p.source_digest.as_deref()) == Some(digest.as_str()) {
         return Ok(None);
     }
-    let hash = tokio::task::spawn_blocking(move || credentials::hash_password(&password))
-        .await
-        .map_err(|e| Error::Hash(e.to_string()))?
-        .map_err(|e| Error::Hash(e.to_string()))?;
+    let hash = credentials::hash_password_blocking(password).await?;
     ctx.store.set_password(user, &hash, Some(&digest)).await?;
     tracing::info!(user, "password set from Secret");
     Ok(None)

@@ -1,3 +1,5 @@
+//! `AccessPolicy` (namespaced): who may call what on the pods it selects.
+
 use kube::CustomResource;
 use portcullis_wire::{ApiVersions, Cors, LabelSelector, PolicyRule};
 use schemars::JsonSchema;

@@ -1,3 +1,5 @@
+//! `APIKey` (namespaced): a generated key for a User or a Source, and its status.
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;

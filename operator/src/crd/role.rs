@@ -1,3 +1,5 @@
+//! `Role` (cluster-scoped): a named set of scopes that Users hold.
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,5 @@
+//! `Source` (namespaced): a telemetry sender with its own write-scoped API key.
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

@@ -1,3 +1,5 @@
+//! `Team` (cluster-scoped): Users with a team role each.
+
 use kube::CustomResource;
 use portcullis_wire::TeamRole;
 use schemars::JsonSchema;

@@ -1,3 +1,5 @@
+//! `User` (cluster-scoped): a person with an e-mail, roles and an initial password.
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

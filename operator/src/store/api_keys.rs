@@ -1,3 +1,5 @@
+//! API keys: hashes of issued keys with owner, scopes, expiry and rotation grace.
+
 use portcullis_wire::OwnerKind;
 use sqlx::Row;
 

@@ -1,3 +1,5 @@
+//! The audit log: appended in batches, outside the revision (no snapshot holds it).
+
 use sqlx::Row;
 
 use super::{Result, Store};

@@ -1,3 +1,5 @@
+//! The store's errors: configuration errors at start-up, typed errors for callers.
+
 use thiserror::Error;
 
 /// A database configuration that cannot work; reported as one line at start-up.

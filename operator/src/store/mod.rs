@@ -6,20 +6,21 @@
 //! write reads the current row first, under the revision lock, and then inserts or
 //! updates), `RETURNING` only beside a MySQL fallback, times as Unix seconds, JSON as text.
 //!
-//! An upsert first reads without any lock: when the database already holds what is
-//! asked (a resync of thousands of unchanged objects), it returns without a write
-//! transaction. Otherwise it runs a snapshot-changing write (`versioned_write!`): the first
-//! statement bumps the revision row, so every such writer takes the same lock first
-//! (no deadlocks between our own writers, commit order equals revision order) and a
-//! write that turns out to change nothing rolls back without bumping, which makes
-//! every upsert idempotent.
+//! An upsert ([`Store::upsert`], for every row type that implements [`Upsert`]) first
+//! reads without any lock: when the database already holds what is asked (a resync of
+//! thousands of unchanged objects), it returns without a write transaction. Otherwise
+//! it runs a snapshot-changing write (`versioned_write!`): the first statement bumps
+//! the revision row, so every such writer takes the same lock first (no deadlocks
+//! between our own writers, commit order equals revision order), the row is read again
+//! under that lock and compared, and a write that turns out to change nothing rolls
+//! back without bumping, which makes every upsert idempotent.
 
 /// Runs `$body` (which evaluates to `Result<bool>`: did it change anything) as one
 /// snapshot-changing transaction, retried as a whole on transient errors. `$tx` is the
 /// `&mut Transaction`. A macro rather than a closure-taking method because async
 /// closures lose `Send` through higher-ranked lifetimes, and reconcilers spawn these.
 macro_rules! versioned_write {
-    ($store:ident, $what:literal, |$tx:ident| $body:block) => {
+    ($store:ident, $what:expr, |$tx:ident| $body:block) => {
         $crate::store::with_retry($store.retry, $what, || async {
             let mut write = $store.begin_write().await?;
             let changed: $crate::store::Result<bool> = async {
@@ -65,6 +66,7 @@ mod sources;
 mod teams;
 mod users;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyArguments, AnyPoolOptions};
@@ -77,7 +79,7 @@ pub use config::{Backend, DbConfig, default_pool_size};
 pub use error::{ConfigError, Result, StoreError};
 pub use policies::PolicyRow;
 pub use retry::{RetryPolicy, is_transient, with_retry};
-pub use roles::RoleRow;
+pub use roles::{RoleRow, builtin_role, builtin_roles};
 pub use sessions::{ResetTokenRow, SessionRow};
 pub use sources::SourceRow;
 pub use teams::TeamRow;
@@ -93,6 +95,30 @@ pub struct WriteOutcome {
     /// The revision after the write (unchanged when `changed` is false).
     pub revision: i64,
     pub changed: bool,
+}
+
+/// A row kept by read-compare-write (see the module comment): [`Store::upsert`] reads
+/// what the database holds under the row's identity, compares, and writes only when
+/// they differ. The row is normalised (sorted lists) before it gets here, so that
+/// comparing rows compares meaning.
+trait Upsert: PartialEq + Sync {
+    /// Names the write in retry logs.
+    const WHAT: &'static str;
+
+    /// What the database holds now under this row's identity (name, or namespace and
+    /// name), child rows included.
+    fn load(&self, store: &Store, conn: &mut AnyConnection) -> impl Future<Output = Result<Option<Self>>> + Send
+    where
+        Self: Sized;
+
+    /// Makes the database hold this row, given what it held (`None`: nothing). Runs in
+    /// the write transaction after the revision bump; an error rolls it all back.
+    fn write(
+        &self,
+        store: &Store,
+        conn: &mut AnyConnection,
+        current: Option<&Self>,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// A connection pool to the control plane's database.
@@ -266,6 +292,27 @@ impl Store {
             found.extend(query.fetch_all(&mut *conn).await?);
         }
         Ok(found)
+    }
+
+    /// Read-compare-write of one row and its children: nothing at all when a lock-free
+    /// read finds the row as asked; otherwise one snapshot-changing transaction that
+    /// reads again under the revision lock and writes (and bumps) only on a difference.
+    async fn upsert<R: Upsert>(&self, row: &R) -> Result<WriteOutcome> {
+        let unchanged = {
+            let mut conn = self.pool.acquire().await?;
+            row.load(self, &mut conn).await?.as_ref() == Some(row)
+        };
+        if unchanged {
+            return self.unchanged().await;
+        }
+        versioned_write!(self, R::WHAT, |tx| {
+            let current = row.load(self, tx).await?;
+            if current.as_ref() == Some(row) {
+                return Ok(false);
+            }
+            row.write(self, tx, current.as_ref()).await?;
+            Ok(true)
+        })
     }
 
     /// The outcome of a write that a lock-free read showed to be unnecessary.

@@ -1,8 +1,10 @@
+//! Access policies: which requests a sidecar lets through, per pod selector.
+
 use portcullis_wire::{ApiVersions, Cors, PolicyRule};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use super::{Result, Store, WriteOutcome, from_json, to_json, unix_now};
+use super::{Result, Store, Upsert, WriteOutcome, from_json, to_json, unix_now};
 
 /// An AccessPolicy as the database holds it: exactly what a snapshot carries.
 pub type PolicyRow = portcullis_wire::PolicyEntry;
@@ -21,51 +23,7 @@ struct SpecColumn {
 impl Store {
     /// Creates or updates an access policy.
     pub async fn upsert_policy(&self, policy: &PolicyRow) -> Result<WriteOutcome> {
-        if self.get_policy(&policy.namespace, &policy.name).await?.as_ref() == Some(policy) {
-            return self.unchanged().await;
-        }
-        let selector = to_json(&policy.pod_selector)?;
-        let spec = to_json(&SpecColumn {
-            rules: policy.rules.clone(),
-            cors: policy.cors.clone(),
-            api_versions: policy.api_versions.clone(),
-        })?;
-        versioned_write!(self, "upsert_policy", |tx| {
-            let current = self
-                .query("SELECT namespace, name, pod_selector, spec FROM policies WHERE namespace = ? AND name = ?")
-                .bind(&policy.namespace)
-                .bind(&policy.name)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| decode_policy(&row))
-                .transpose()?;
-            let now = unix_now();
-            match current {
-                Some(existing) if existing == *policy => return Ok(false),
-                Some(_) => {
-                    self.query("UPDATE policies SET pod_selector = ?, spec = ?, updated_at = ? WHERE namespace = ? AND name = ?")
-                        .bind(&selector)
-                        .bind(&spec)
-                        .bind(now)
-                        .bind(&policy.namespace)
-                        .bind(&policy.name)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                None => {
-                    self.query("INSERT INTO policies (namespace, name, pod_selector, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
-                        .bind(&policy.namespace)
-                        .bind(&policy.name)
-                        .bind(&selector)
-                        .bind(&spec)
-                        .bind(now)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-            Ok(true)
-        })
+        self.upsert(policy).await
     }
 
     pub async fn delete_policy(&self, namespace: &str, name: &str) -> Result<WriteOutcome> {
@@ -81,13 +39,61 @@ impl Store {
     }
 
     pub async fn get_policy(&self, namespace: &str, name: &str) -> Result<Option<PolicyRow>> {
+        let mut conn = self.pool.acquire().await?;
+        self.load_policy(&mut conn, namespace, name).await
+    }
+
+    async fn load_policy(&self, conn: &mut AnyConnection, namespace: &str, name: &str) -> Result<Option<PolicyRow>> {
         self.query("SELECT namespace, name, pod_selector, spec FROM policies WHERE namespace = ? AND name = ?")
             .bind(namespace)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await?
             .map(|row| decode_policy(&row))
             .transpose()
+    }
+}
+
+impl Upsert for PolicyRow {
+    const WHAT: &'static str = "upsert_policy";
+
+    async fn load(&self, store: &Store, conn: &mut AnyConnection) -> Result<Option<Self>> {
+        store.load_policy(conn, &self.namespace, &self.name).await
+    }
+
+    async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
+        let selector = to_json(&self.pod_selector)?;
+        let spec = to_json(&SpecColumn {
+            rules: self.rules.clone(),
+            cors: self.cors.clone(),
+            api_versions: self.api_versions.clone(),
+        })?;
+        let now = unix_now();
+        if current.is_some() {
+            store
+                .query(
+                    "UPDATE policies SET pod_selector = ?, spec = ?, updated_at = ? WHERE namespace = ? AND name = ?",
+                )
+                .bind(&selector)
+                .bind(&spec)
+                .bind(now)
+                .bind(&self.namespace)
+                .bind(&self.name)
+                .execute(conn)
+                .await?;
+        } else {
+            store
+                .query("INSERT INTO policies (namespace, name, pod_selector, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&self.namespace)
+                .bind(&self.name)
+                .bind(&selector)
+                .bind(&spec)
+                .bind(now)
+                .bind(now)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 

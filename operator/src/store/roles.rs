@@ -1,6 +1,8 @@
-use sqlx::Row;
+//! Roles: named sets of scopes, and the built-in ones bootstrap creates.
 
-use super::{Result, Store, WriteOutcome, flag, from_json, to_json, unix_now};
+use sqlx::{AnyConnection, Row};
+
+use super::{Result, Store, Upsert, WriteOutcome, flag, from_json, to_json, unix_now};
 
 /// A role as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,53 +29,41 @@ impl RoleRow {
     }
 }
 
+/// The built-in roles: admin, maintainer, viewer.
+pub fn builtin_roles() -> Vec<RoleRow> {
+    let role = |name: &str, scopes: &[&str], description: &str| {
+        let mut row = RoleRow::new(name, scopes.iter().copied());
+        row.description = Some(description.to_string());
+        row.builtin = true;
+        row
+    };
+    vec![
+        role(
+            "admin",
+            &["read", "write", "admin"],
+            "Everything, including user and policy administration.",
+        ),
+        role(
+            "maintainer",
+            &["read", "write"],
+            "Reads and changes data; no administration.",
+        ),
+        role("viewer", &["read"], "Reads only."),
+    ]
+}
+
+/// The built-in role of this name, if it is one.
+pub fn builtin_role(name: &str) -> Option<RoleRow> {
+    builtin_roles().into_iter().find(|r| r.name == name)
+}
+
 impl Store {
     /// Creates or updates a role.
     pub async fn upsert_role(&self, role: &RoleRow) -> Result<WriteOutcome> {
         let mut role = role.clone();
         role.scopes.sort();
         role.scopes.dedup();
-        if self.get_role(&role.name).await?.as_ref() == Some(&role) {
-            return self.unchanged().await;
-        }
-        let scopes = to_json(&role.scopes)?;
-        versioned_write!(self, "upsert_role", |tx| {
-            let current = self
-                .query("SELECT name, scopes, description, builtin FROM roles WHERE name = ?")
-                .bind(&role.name)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| decode_role(&row))
-                .transpose()?;
-            let now = unix_now();
-            match current {
-                Some(existing) if existing == role => return Ok(false),
-                Some(_) => {
-                    self.query(
-                        "UPDATE roles SET scopes = ?, description = ?, builtin = ?, updated_at = ? WHERE name = ?",
-                    )
-                    .bind(&scopes)
-                    .bind(&role.description)
-                    .bind(flag(role.builtin))
-                    .bind(now)
-                    .bind(&role.name)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                None => {
-                    self.query("INSERT INTO roles (name, scopes, description, builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
-                        .bind(&role.name)
-                        .bind(&scopes)
-                        .bind(&role.description)
-                        .bind(flag(role.builtin))
-                        .bind(now)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-            Ok(true)
-        })
+        self.upsert(&role).await
     }
 
     /// Deletes a role; users lose it (their `user_roles` rows cascade).
@@ -89,9 +79,14 @@ impl Store {
     }
 
     pub async fn get_role(&self, name: &str) -> Result<Option<RoleRow>> {
+        let mut conn = self.pool.acquire().await?;
+        self.load_role(&mut conn, name).await
+    }
+
+    async fn load_role(&self, conn: &mut AnyConnection, name: &str) -> Result<Option<RoleRow>> {
         self.query("SELECT name, scopes, description, builtin FROM roles WHERE name = ?")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await?
             .map(|row| decode_role(&row))
             .transpose()
@@ -104,6 +99,42 @@ impl Store {
             .iter()
             .map(decode_role)
             .collect()
+    }
+}
+
+impl Upsert for RoleRow {
+    const WHAT: &'static str = "upsert_role";
+
+    async fn load(&self, store: &Store, conn: &mut AnyConnection) -> Result<Option<Self>> {
+        store.load_role(conn, &self.name).await
+    }
+
+    async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
+        let scopes = to_json(&self.scopes)?;
+        let now = unix_now();
+        if current.is_some() {
+            store
+                .query("UPDATE roles SET scopes = ?, description = ?, builtin = ?, updated_at = ? WHERE name = ?")
+                .bind(&scopes)
+                .bind(&self.description)
+                .bind(flag(self.builtin))
+                .bind(now)
+                .bind(&self.name)
+                .execute(conn)
+                .await?;
+        } else {
+            store
+                .query("INSERT INTO roles (name, scopes, description, builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(&self.name)
+                .bind(&scopes)
+                .bind(&self.description)
+                .bind(flag(self.builtin))
+                .bind(now)
+                .bind(now)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -1,3 +1,5 @@
+//! The snapshot: everything sidecars enforce, read at one revision.
+
 use std::collections::BTreeMap;
 
 use portcullis_wire::{ApiKeyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};

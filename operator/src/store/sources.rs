@@ -1,9 +1,11 @@
+//! Sources: senders of data, each with its own write-scoped API key.
+
 use std::collections::BTreeMap;
 
 use portcullis_wire::RateLimit;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use super::{Result, Store, WriteOutcome, flag, from_json, to_json, unix_now};
+use super::{Result, Store, Upsert, WriteOutcome, flag, from_json, to_json, unix_now};
 
 /// A source as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,53 +22,7 @@ pub struct SourceRow {
 impl Store {
     /// Creates or updates a source.
     pub async fn upsert_source(&self, source: &SourceRow) -> Result<WriteOutcome> {
-        if self.get_source(&source.namespace, &source.name).await?.as_ref() == Some(source) {
-            return self.unchanged().await;
-        }
-        let labels = to_json(&source.labels)?;
-        let rate_limit = source.rate_limit.as_ref().map(to_json).transpose()?;
-        versioned_write!(self, "upsert_source", |tx| {
-            let current = self
-                .query("SELECT namespace, name, source_type, team_name, labels, enabled, rate_limit FROM sources WHERE namespace = ? AND name = ?")
-                .bind(&source.namespace)
-                .bind(&source.name)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|row| decode_source(&row))
-                .transpose()?;
-            let now = unix_now();
-            match current {
-                Some(existing) if existing == *source => return Ok(false),
-                Some(_) => {
-                    self.query("UPDATE sources SET source_type = ?, team_name = ?, labels = ?, enabled = ?, rate_limit = ?, updated_at = ? WHERE namespace = ? AND name = ?")
-                        .bind(&source.source_type)
-                        .bind(&source.team)
-                        .bind(&labels)
-                        .bind(flag(source.enabled))
-                        .bind(&rate_limit)
-                        .bind(now)
-                        .bind(&source.namespace)
-                        .bind(&source.name)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                None => {
-                    self.query("INSERT INTO sources (namespace, name, source_type, team_name, labels, enabled, rate_limit, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                        .bind(&source.namespace)
-                        .bind(&source.name)
-                        .bind(&source.source_type)
-                        .bind(&source.team)
-                        .bind(&labels)
-                        .bind(flag(source.enabled))
-                        .bind(&rate_limit)
-                        .bind(now)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-            Ok(true)
-        })
+        self.upsert(source).await
     }
 
     /// Deletes a source and the API keys it owns.
@@ -89,13 +45,61 @@ impl Store {
     }
 
     pub async fn get_source(&self, namespace: &str, name: &str) -> Result<Option<SourceRow>> {
+        let mut conn = self.pool.acquire().await?;
+        self.load_source(&mut conn, namespace, name).await
+    }
+
+    async fn load_source(&self, conn: &mut AnyConnection, namespace: &str, name: &str) -> Result<Option<SourceRow>> {
         self.query("SELECT namespace, name, source_type, team_name, labels, enabled, rate_limit FROM sources WHERE namespace = ? AND name = ?")
             .bind(namespace)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await?
             .map(|row| decode_source(&row))
             .transpose()
+    }
+}
+
+impl Upsert for SourceRow {
+    const WHAT: &'static str = "upsert_source";
+
+    async fn load(&self, store: &Store, conn: &mut AnyConnection) -> Result<Option<Self>> {
+        store.load_source(conn, &self.namespace, &self.name).await
+    }
+
+    async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
+        let labels = to_json(&self.labels)?;
+        let rate_limit = self.rate_limit.as_ref().map(to_json).transpose()?;
+        let now = unix_now();
+        if current.is_some() {
+            store
+                .query("UPDATE sources SET source_type = ?, team_name = ?, labels = ?, enabled = ?, rate_limit = ?, updated_at = ? WHERE namespace = ? AND name = ?")
+                .bind(&self.source_type)
+                .bind(&self.team)
+                .bind(&labels)
+                .bind(flag(self.enabled))
+                .bind(&rate_limit)
+                .bind(now)
+                .bind(&self.namespace)
+                .bind(&self.name)
+                .execute(conn)
+                .await?;
+        } else {
+            store
+                .query("INSERT INTO sources (namespace, name, source_type, team_name, labels, enabled, rate_limit, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(&self.namespace)
+                .bind(&self.name)
+                .bind(&self.source_type)
+                .bind(&self.team)
+                .bind(&labels)
+                .bind(flag(self.enabled))
+                .bind(&rate_limit)
+                .bind(now)
+                .bind(now)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 

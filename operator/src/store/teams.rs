@@ -1,7 +1,9 @@
-use portcullis_wire::TeamRole;
-use sqlx::Row;
+//! Teams and their members (each member with a team role).
 
-use super::{NameTable, Result, Store, StoreError, WriteOutcome, unix_now};
+use portcullis_wire::TeamRole;
+use sqlx::{AnyConnection, Row};
+
+use super::{NameTable, Result, Store, StoreError, Upsert, WriteOutcome, unix_now};
 
 /// A team as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,86 +41,7 @@ impl Store {
         let mut team = team.clone();
         team.members.sort();
         team.members.dedup_by(|a, b| a.0 == b.0);
-        if self.get_team(&team.name).await?.as_ref() == Some(&team) {
-            return self.unchanged().await;
-        }
-        versioned_write!(self, "upsert_team", |tx| {
-            let current = match self
-                .query("SELECT name, display_name, description FROM teams WHERE name = ?")
-                .bind(&team.name)
-                .fetch_optional(&mut **tx)
-                .await?
-            {
-                Some(row) => Some(TeamRow {
-                    name: row.try_get("name")?,
-                    display_name: row.try_get("display_name")?,
-                    description: row.try_get("description")?,
-                    members: self.team_members(tx, &team.name).await?,
-                }),
-                None => None,
-            };
-            if current.as_ref() == Some(&team) {
-                return Ok(false);
-            }
-            let names: Vec<String> = team.members.iter().map(|(u, _)| u.clone()).collect();
-            let found = self.existing_names(tx, NameTable::Users, &names).await?;
-            let missing: Vec<String> = names.into_iter().filter(|n| !found.contains(n)).collect();
-            if !missing.is_empty() {
-                return Err(StoreError::MissingReference {
-                    kind: "user",
-                    names: missing,
-                });
-            }
-            let now = unix_now();
-            if current.is_some() {
-                self.query("UPDATE teams SET display_name = ?, description = ?, updated_at = ? WHERE name = ?")
-                    .bind(&team.display_name)
-                    .bind(&team.description)
-                    .bind(now)
-                    .bind(&team.name)
-                    .execute(&mut **tx)
-                    .await?;
-            } else {
-                self.query("INSERT INTO teams (name, display_name, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
-                    .bind(&team.name)
-                    .bind(&team.display_name)
-                    .bind(&team.description)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            let had: &[(String, TeamRole)] = current.as_ref().map_or(&[], |c| &c.members);
-            for (user, _) in had.iter().filter(|(u, _)| !team.members.iter().any(|(m, _)| m == u)) {
-                self.query("DELETE FROM team_members WHERE team_name = ? AND user_name = ?")
-                    .bind(&team.name)
-                    .bind(user)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            for (user, role) in &team.members {
-                match had.iter().find(|(u, _)| u == user) {
-                    Some((_, old)) if old == role => {}
-                    Some(_) => {
-                        self.query("UPDATE team_members SET role = ? WHERE team_name = ? AND user_name = ?")
-                            .bind(role.as_str())
-                            .bind(&team.name)
-                            .bind(user)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    None => {
-                        self.query("INSERT INTO team_members (team_name, user_name, role) VALUES (?, ?, ?)")
-                            .bind(&team.name)
-                            .bind(user)
-                            .bind(role.as_str())
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
-            }
-            Ok(true)
-        })
+        self.upsert(&team).await
     }
 
     /// Deletes a team; its memberships cascade.
@@ -135,6 +58,11 @@ impl Store {
 
     pub async fn get_team(&self, name: &str) -> Result<Option<TeamRow>> {
         let mut conn = self.pool.acquire().await?;
+        self.load_team(&mut conn, name).await
+    }
+
+    /// A team with its members.
+    async fn load_team(&self, conn: &mut AnyConnection, name: &str) -> Result<Option<TeamRow>> {
         let row = self
             .query("SELECT name, display_name, description FROM teams WHERE name = ?")
             .bind(name)
@@ -145,7 +73,7 @@ impl Store {
             name: row.try_get("name")?,
             display_name: row.try_get("display_name")?,
             description: row.try_get("description")?,
-            members: self.team_members(&mut conn, name).await?,
+            members: self.team_members(conn, name).await?,
         }))
     }
 
@@ -163,6 +91,80 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+impl Upsert for TeamRow {
+    const WHAT: &'static str = "upsert_team";
+
+    async fn load(&self, store: &Store, conn: &mut AnyConnection) -> Result<Option<Self>> {
+        store.load_team(conn, &self.name).await
+    }
+
+    async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
+        let names: Vec<String> = self.members.iter().map(|(u, _)| u.clone()).collect();
+        let found = store.existing_names(conn, NameTable::Users, &names).await?;
+        let missing: Vec<String> = names.into_iter().filter(|n| !found.contains(n)).collect();
+        if !missing.is_empty() {
+            return Err(StoreError::MissingReference {
+                kind: "user",
+                names: missing,
+            });
+        }
+        let now = unix_now();
+        if current.is_some() {
+            store
+                .query("UPDATE teams SET display_name = ?, description = ?, updated_at = ? WHERE name = ?")
+                .bind(&self.display_name)
+                .bind(&self.description)
+                .bind(now)
+                .bind(&self.name)
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            store
+                .query("INSERT INTO teams (name, display_name, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&self.name)
+                .bind(&self.display_name)
+                .bind(&self.description)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let had: &[(String, TeamRole)] = current.map_or(&[], |c| &c.members);
+        for (user, _) in had.iter().filter(|(u, _)| !self.members.iter().any(|(m, _)| m == u)) {
+            store
+                .query("DELETE FROM team_members WHERE team_name = ? AND user_name = ?")
+                .bind(&self.name)
+                .bind(user)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for (user, role) in &self.members {
+            match had.iter().find(|(u, _)| u == user) {
+                Some((_, old)) if old == role => {}
+                Some(_) => {
+                    store
+                        .query("UPDATE team_members SET role = ? WHERE team_name = ? AND user_name = ?")
+                        .bind(role.as_str())
+                        .bind(&self.name)
+                        .bind(user)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                None => {
+                    store
+                        .query("INSERT INTO team_members (team_name, user_name, role) VALUES (?, ?, ?)")
+                        .bind(&self.name)
+                        .bind(user)
+                        .bind(role.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,10 @@
+//! Users, their roles and password hashes.
+
 use std::collections::BTreeMap;
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use super::{NameTable, Result, Store, StoreError, WriteOutcome, flag, from_json, to_json, unix_now};
+use super::{NameTable, Result, Store, StoreError, Upsert, WriteOutcome, flag, from_json, to_json, unix_now};
 
 /// A user as the database holds it (its password lives apart, see [`PasswordRow`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,75 +62,7 @@ impl Store {
         let mut user = user.clone();
         user.roles.sort();
         user.roles.dedup();
-        if self.get_user(&user.name).await?.as_ref() == Some(&user) {
-            return self.unchanged().await;
-        }
-        let key = email_key(&user.email);
-        let preferences = to_json(&user.preferences)?;
-        let outcome = versioned_write!(self, "upsert_user", |tx| {
-            let current = self.load_user(tx, &user.name).await?;
-            if current.as_ref() == Some(&user) {
-                return Ok(false);
-            }
-            let found = self.existing_names(tx, NameTable::Roles, &user.roles).await?;
-            let missing: Vec<String> = user.roles.iter().filter(|r| !found.contains(*r)).cloned().collect();
-            if !missing.is_empty() {
-                return Err(StoreError::MissingReference {
-                    kind: "role",
-                    names: missing,
-                });
-            }
-            let now = unix_now();
-            if current.is_some() {
-                self.query("UPDATE users SET email = ?, email_key = ?, display_name = ?, disabled = ?, preferences = ?, require_two_factor = ?, updated_at = ? WHERE name = ?")
-                        .bind(&user.email)
-                        .bind(&key)
-                        .bind(&user.display_name)
-                        .bind(flag(user.disabled))
-                        .bind(&preferences)
-                        .bind(flag(user.require_two_factor))
-                        .bind(now)
-                        .bind(&user.name)
-                        .execute(&mut **tx)
-                        .await?;
-            } else {
-                self.query("INSERT INTO users (name, email, email_key, display_name, disabled, preferences, require_two_factor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                        .bind(&user.name)
-                        .bind(&user.email)
-                        .bind(&key)
-                        .bind(&user.display_name)
-                        .bind(flag(user.disabled))
-                        .bind(&preferences)
-                        .bind(flag(user.require_two_factor))
-                        .bind(now)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?;
-            }
-            let had: &[String] = current.as_ref().map_or(&[], |c| &c.roles);
-            for role in had.iter().filter(|r| !user.roles.contains(r)) {
-                self.query("DELETE FROM user_roles WHERE user_name = ? AND role_name = ?")
-                    .bind(&user.name)
-                    .bind(role)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            for role in user.roles.iter().filter(|r| !had.contains(r)) {
-                self.query("INSERT INTO user_roles (user_name, role_name) VALUES (?, ?)")
-                    .bind(&user.name)
-                    .bind(role)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            if user.disabled && !current.as_ref().is_some_and(|c| c.disabled) {
-                self.query("UPDATE sessions SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL")
-                    .bind(now)
-                    .bind(&user.name)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Ok(true)
-        });
+        let outcome = self.upsert(&user).await;
         // The unique index on the e-mail decides (also between two racing writers).
         match outcome {
             Err(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
@@ -192,7 +126,7 @@ impl Store {
     }
 
     /// A user with its roles, in one query.
-    async fn load_user(&self, conn: &mut sqlx::AnyConnection, name: &str) -> Result<Option<UserRow>> {
+    async fn load_user(&self, conn: &mut AnyConnection, name: &str) -> Result<Option<UserRow>> {
         let rows = self
             .query(
                 "SELECT u.name AS name, u.email AS email, u.display_name AS display_name, u.disabled AS disabled, \
@@ -273,6 +207,83 @@ impl Store {
             }),
             None => None,
         })
+    }
+}
+
+impl Upsert for UserRow {
+    const WHAT: &'static str = "upsert_user";
+
+    async fn load(&self, store: &Store, conn: &mut AnyConnection) -> Result<Option<Self>> {
+        store.load_user(conn, &self.name).await
+    }
+
+    async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
+        let found = store.existing_names(conn, NameTable::Roles, &self.roles).await?;
+        let missing: Vec<String> = self.roles.iter().filter(|r| !found.contains(*r)).cloned().collect();
+        if !missing.is_empty() {
+            return Err(StoreError::MissingReference {
+                kind: "role",
+                names: missing,
+            });
+        }
+        let key = email_key(&self.email);
+        let preferences = to_json(&self.preferences)?;
+        let now = unix_now();
+        if current.is_some() {
+            store
+                .query("UPDATE users SET email = ?, email_key = ?, display_name = ?, disabled = ?, preferences = ?, require_two_factor = ?, updated_at = ? WHERE name = ?")
+                .bind(&self.email)
+                .bind(&key)
+                .bind(&self.display_name)
+                .bind(flag(self.disabled))
+                .bind(&preferences)
+                .bind(flag(self.require_two_factor))
+                .bind(now)
+                .bind(&self.name)
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            store
+                .query("INSERT INTO users (name, email, email_key, display_name, disabled, preferences, require_two_factor, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(&self.name)
+                .bind(&self.email)
+                .bind(&key)
+                .bind(&self.display_name)
+                .bind(flag(self.disabled))
+                .bind(&preferences)
+                .bind(flag(self.require_two_factor))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let had: &[String] = current.map_or(&[], |c| &c.roles);
+        for role in had.iter().filter(|r| !self.roles.contains(r)) {
+            store
+                .query("DELETE FROM user_roles WHERE user_name = ? AND role_name = ?")
+                .bind(&self.name)
+                .bind(role)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for role in self.roles.iter().filter(|r| !had.contains(r)) {
+            store
+                .query("INSERT INTO user_roles (user_name, role_name) VALUES (?, ?)")
+                .bind(&self.name)
+                .bind(role)
+                .execute(&mut *conn)
+                .await?;
+        }
+        // Disabling a user revokes its sessions in the same transaction.
+        if self.disabled && !current.is_some_and(|c| c.disabled) {
+            store
+                .query("UPDATE sessions SET revoked_at = ? WHERE user_name = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(&self.name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 
