@@ -94,6 +94,8 @@ enum Fatal {
     Store(#[from] portcullis_operator::store::StoreError),
     #[error(transparent)]
     Reconcile(#[from] portcullis_operator::controller::Error),
+    #[error(transparent)]
+    Local(#[from] local::Error),
     #[error("{0}")]
     Other(String),
     #[error("some manifests were refused")]
@@ -251,9 +253,7 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
     };
     let store = Store::open(&db).await?;
     let client = local::memory_api();
-    let restored = local::restore_secrets(&client, &state_dir)
-        .await
-        .map_err(Fatal::Other)?;
+    let restored = local::restore_secrets(&client, &state_dir).await?;
     let metrics = Arc::new(Metrics::new());
     let config = Config {
         events: false,
@@ -280,12 +280,10 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         for problem in &problems {
             eprintln!("refused: {problem}");
         }
-        previous = local::sync_objects(&client, &manifests, &previous)
-            .await
-            .map_err(Fatal::Other)?;
+        previous = local::sync_objects(&client, &manifests, &previous).await?;
         drop(manifests);
-        let statuses = local::converge(&ctx).await.map_err(Fatal::Other)?;
-        let secrets = local::operator_secrets(&client).await.map_err(Fatal::Other)?;
+        let statuses = local::converge(&ctx).await?;
+        let secrets = local::operator_secrets(&client).await?;
         local::save_secrets(&state_dir, &secrets).map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
         println!("{:<13} {:<28} {:<6} {:<20} MESSAGE", "KIND", "NAME", "READY", "REASON");
         for status in &statuses {

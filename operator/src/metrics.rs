@@ -24,9 +24,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    #[allow(
+        clippy::expect_used,
+        reason = "names and label sets are constants: building them cannot fail at run time, and the unit test builds them"
+    )]
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        // The names and label sets are constants, so building them cannot fail.
         let reconciles = IntCounterVec::new(
             Opts::new(
                 "portcullis_operator_reconcile_total",

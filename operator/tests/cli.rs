@@ -1,6 +1,12 @@
 //! The operator binary's start-up: bad database configuration ends with one clear line
 //! and a non-zero exit, never a panic; good configuration migrates.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a panic is the failure report (clippy.toml allows these in #[test] functions only, not in helpers)"
+)]
+
 use std::process::{Command, Output};
 
 fn operator(env: &[(&str, &str)]) -> Output {

@@ -1,5 +1,11 @@
 //! The reconcilers against an in-memory Kubernetes API and a real database.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a panic is the failure report (clippy.toml allows these in #[test] functions only, not in helpers)"
+)]
+
 mod support;
 
 use std::collections::BTreeMap;

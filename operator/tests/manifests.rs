@@ -1,6 +1,12 @@
 //! The example manifests are valid (as the API server would judge them) and coherent,
 //! and the schema refuses what it promises to refuse.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a panic is the failure report (clippy.toml allows these in #[test] functions only, not in helpers)"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

@@ -3,6 +3,12 @@
 //! SQLite runs always. PostgreSQL and MySQL run when `TEST_POSTGRES_URL` /
 //! `TEST_MYSQL_URL` are set at build time (CI sets them); otherwise they show as ignored.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a panic is the failure report (clippy.toml allows these in #[test] functions only, not in helpers)"
+)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -15,8 +15,12 @@
 //!    the finalizer keeps the object until this succeeds).
 //! 3. One line in [`manager::run`]: `Controller::new(...)` with the watches that make a
 //!    change elsewhere re-reconcile it, run with `reconcile::<Kind>` and [`error_policy`].
-//! 4. For local mode, its line in `local::converge` and `local::report` (dependency
-//!    order), and its arms in `local::manifests` (namespaced or not) and `local::sync`.
+//! 4. For local mode: its line in `local::converge` and `local::report` (dependency
+//!    order: after the kinds it names), its arms in `local::apply` (apply and delete),
+//!    and, when namespaced, its name in `local::manifests::parse_file`.
+//!
+//! Tests reconcile an object the way a controller does, with `reconcile::<Kind>`
+//! against the in-memory API (`local::MemoryApi`); see `tests/controllers.rs`.
 
 pub mod access_policy;
 pub mod api_key;

@@ -269,6 +269,21 @@ impl Store {
         }
     }
 
+    /// Fails with [`StoreError::MissingReference`], naming the missing ones in the
+    /// order given, unless every one of `names` exists in `table`.
+    async fn require_names(&self, conn: &mut sqlx::AnyConnection, table: NameTable, names: &[String]) -> Result<()> {
+        let found = self.existing_names(conn, table, names).await?;
+        let missing: Vec<String> = names.iter().filter(|n| !found.contains(*n)).cloned().collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::MissingReference {
+                kind: table.kind(),
+                names: missing,
+            })
+        }
+    }
+
     /// Which of `names` exist in `table` (`users` or `roles`), in one query.
     async fn existing_names(
         &self,
@@ -359,6 +374,14 @@ impl NameTable {
         match self {
             NameTable::Users => "users",
             NameTable::Roles => "roles",
+        }
+    }
+
+    /// What a missing name is, in [`StoreError::MissingReference`].
+    fn kind(self) -> &'static str {
+        match self {
+            NameTable::Users => "user",
+            NameTable::Roles => "role",
         }
     }
 }

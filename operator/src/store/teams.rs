@@ -103,14 +103,7 @@ impl Upsert for TeamRow {
 
     async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
         let names: Vec<String> = self.members.iter().map(|(u, _)| u.clone()).collect();
-        let found = store.existing_names(conn, NameTable::Users, &names).await?;
-        let missing: Vec<String> = names.into_iter().filter(|n| !found.contains(n)).collect();
-        if !missing.is_empty() {
-            return Err(StoreError::MissingReference {
-                kind: "user",
-                names: missing,
-            });
-        }
+        store.require_names(conn, NameTable::Users, &names).await?;
         let now = unix_now();
         if current.is_some() {
             store

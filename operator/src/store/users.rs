@@ -218,14 +218,7 @@ impl Upsert for UserRow {
     }
 
     async fn write(&self, store: &Store, conn: &mut AnyConnection, current: Option<&Self>) -> Result<()> {
-        let found = store.existing_names(conn, NameTable::Roles, &self.roles).await?;
-        let missing: Vec<String> = self.roles.iter().filter(|r| !found.contains(*r)).cloned().collect();
-        if !missing.is_empty() {
-            return Err(StoreError::MissingReference {
-                kind: "role",
-                names: missing,
-            });
-        }
+        store.require_names(conn, NameTable::Roles, &self.roles).await?;
         let key = email_key(&self.email);
         let preferences = to_json(&self.preferences)?;
         let now = unix_now();
