@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_proxy::config::Config;
-use portcullis_proxy::server::{self, Running};
+use portcullis_proxy::sidecar::{self, Running};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -36,7 +36,7 @@ pub const EXPIRED_KEY: &str = "pck_expired000000000000000000000000000000000";
 pub const SOURCE_KEY: &str = "pck_source0000000000000000000000000000000000";
 
 pub fn now() -> i64 {
-    portcullis_proxy::unix_now()
+    portcullis_wire::unix_now()
 }
 
 // ---------------------------------------------------------------- the sample app
@@ -391,7 +391,7 @@ pub async fn sidecar(app: &App, extra: &[&str], with_snapshot: bool) -> Sidecar 
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::try_parse_from(args).unwrap();
-    let running = server::start(&config).await.unwrap();
+    let running = sidecar::start(&config).await.unwrap();
     if with_snapshot {
         for _ in 0..200 {
             if running.current.load().is_some() {

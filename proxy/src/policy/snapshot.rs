@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use arc_swap::ArcSwapOption;
 use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PolicyRule, Snapshot};
 
-use crate::authz::Matcher;
-use crate::identity::Directory;
-use crate::jwt::Verifier;
+use super::authz::Matcher;
+use super::identity::Directory;
+use super::jwt::Verifier;
 
 /// The pod the sidecar guards: which AccessPolicies apply to it.
 #[derive(Debug, Clone, Default)]
@@ -148,13 +148,13 @@ impl Current {
 
     /// Records that the source still says the snapshot in force is current.
     pub fn confirm(&self) {
-        self.confirmed_at.store(crate::unix_now(), Ordering::Relaxed);
+        self.confirmed_at.store(portcullis_wire::unix_now(), Ordering::Relaxed);
     }
 
     /// Seconds since the snapshot in force was last confirmed (fail-static staleness).
     pub fn age_seconds(&self) -> Option<i64> {
         self.load()?;
-        Some(crate::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
+        Some(portcullis_wire::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
     }
 }
 
@@ -207,10 +207,10 @@ mod tests {
         };
         let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
         assert_eq!(compiled.policies, ["shop/a-first", "shop/b-second"]);
-        let (path, _) = crate::path::normalize("/x").unwrap();
+        let (path, _) = crate::policy::path::normalize("/x").unwrap();
         let (rule, _) = compiled.matcher.find(portcullis_wire::HttpMethod::Get, &path).unwrap();
         assert_eq!(rule.name, "a");
-        let (anything, _) = crate::path::normalize("/y").unwrap();
+        let (anything, _) = crate::policy::path::normalize("/y").unwrap();
         assert!(
             compiled
                 .matcher

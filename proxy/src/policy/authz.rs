@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use portcullis_wire::glob::{self, Segment};
 use portcullis_wire::{HttpMethod, PolicyRule, TeamRole};
 
-use crate::path::NormalizedPath;
+use super::path::NormalizedPath;
 
 /// An AccessPolicy's rules, compiled once per snapshot into a trie of path segments.
 ///
@@ -211,7 +211,7 @@ pub fn decide(found: Option<(&PolicyRule, Option<&str>)>, identity: Option<&Iden
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::normalize;
+    use crate::policy::path::normalize;
 
     fn rules() -> Vec<PolicyRule> {
         serde_json::from_str(
