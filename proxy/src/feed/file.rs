@@ -30,14 +30,14 @@ pub async fn watch(path: PathBuf, interval: Duration, installer: Installer) {
                             installer.apply(&bytes, &origin);
                             seen = Some(stamp);
                         }
-                        Err(e) => warn!(source = %origin, error = %e, "cannot read snapshot file"),
+                        Err(e) => warn!(feed = %origin, error = %e, "cannot read snapshot file"),
                     }
                 } else if current.load().is_some() {
                     // The file is the source of truth and it has not changed: still current.
                     current.confirm();
                 }
             }
-            Err(e) => warn!(source = %origin, error = %e, "cannot read snapshot file"),
+            Err(e) => warn!(feed = %origin, error = %e, "cannot read snapshot file"),
         }
         tokio::time::sleep(interval).await;
     }

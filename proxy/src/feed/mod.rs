@@ -32,23 +32,23 @@ impl Installer {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.snapshot_updates.with_label_values(&["error"]).inc();
-                warn!(source = origin, error = %e, "snapshot is not valid JSON; keeping the one in force");
+                warn!(feed = origin, error = %e, "snapshot is not valid JSON; keeping the one in force");
                 return false;
             }
         };
         match self.current.install(&snapshot, &self.pod, self.jwt_cache) {
             Ok(problems) => {
                 for problem in problems {
-                    warn!(source = origin, problem = %problem, "JWT key not usable");
+                    warn!(feed = origin, problem = %problem, "JWT key not usable");
                 }
                 self.metrics.snapshot_updates.with_label_values(&["installed"]).inc();
                 self.metrics.snapshot_revision.set(snapshot.revision);
-                info!(source = origin, revision = snapshot.revision, "snapshot installed");
+                info!(feed = origin, revision = snapshot.revision, "snapshot installed");
                 true
             }
             Err(e) => {
                 self.metrics.snapshot_updates.with_label_values(&["refused"]).inc();
-                warn!(source = origin, error = %e, "snapshot refused; keeping the one in force");
+                warn!(feed = origin, error = %e, "snapshot refused; keeping the one in force");
                 false
             }
         }

@@ -41,6 +41,8 @@ struct Node {
 /// that holds one anyway is refused by the sidecar too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadGlob {
+    /// Where the rule is in the list compiled.
+    pub index: usize,
     pub rule: String,
     pub glob: String,
 }
@@ -51,6 +53,7 @@ impl Matcher {
         for (r, rule) in rules.iter().enumerate() {
             for (g, text) in rule.paths.iter().enumerate() {
                 let segments = glob::parse(text).map_err(|_| BadGlob {
+                    index: r,
                     rule: rule.name.clone(),
                     glob: text.clone(),
                 })?;
@@ -431,6 +434,7 @@ mod tests {
         assert_eq!(
             Matcher::compile(&bad).unwrap_err(),
             BadGlob {
+                index: 0,
                 rule: "r".into(),
                 glob: "/a/**/b".into()
             }

@@ -1,7 +1,7 @@
 //! The decision layer: whether a request may reach the app, as whom, and what the app and
 //! the client are told. It reads a request's head and the snapshot in force, and nothing
-//! else: no sockets, no files, no clock but the one it is given, no `unsafe` — so it can
-//! be read, tested and fuzzed without a network.
+//! else: no sockets, no files, no `unsafe` (tests/layers.rs keeps it so) — so it can be
+//! read, tested and fuzzed without a network.
 //!
 //! [`gate`] is the entry point; it uses [`path`] (one normalization), [`cors`], [`jwt`] /
 //! [`identity`] / [`certs`] (who is calling), [`authz`] (the compiled rules),

@@ -59,19 +59,23 @@ impl Compiled {
             .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
             .collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut rules: Vec<PolicyRule> = Vec::new();
-        for policy in &policies {
-            Matcher::compile(&policy.rules).map_err(|bad| SnapshotError::BadGlob {
-                policy: policy.name.clone(),
+        // Compiled once, all policies' rules together; which policy a rule came from is
+        // only looked up to name a bad glob.
+        let rules: Vec<PolicyRule> = policies.iter().flat_map(|p| p.rules.iter().cloned()).collect();
+        let matcher = Matcher::compile(&rules).map_err(|bad| {
+            let mut first = 0;
+            let policy = policies
+                .iter()
+                .find(|p| {
+                    first += p.rules.len();
+                    bad.index < first
+                })
+                .map_or_else(String::new, |p| p.name.clone());
+            SnapshotError::BadGlob {
+                policy,
                 rule: bad.rule,
                 glob: bad.glob,
-            })?;
-            rules.extend(policy.rules.iter().cloned());
-        }
-        let matcher = Matcher::compile(&rules).map_err(|bad| SnapshotError::BadGlob {
-            policy: String::new(),
-            rule: bad.rule,
-            glob: bad.glob,
+            }
         })?;
         let cors = policies.iter().find_map(|p| p.cors.clone());
         let mut deprecated: Vec<ApiVersion> = policies
@@ -231,13 +235,26 @@ mod tests {
         current.install(&good, &pod(), 16).unwrap();
         let bad = Snapshot {
             revision: 6,
-            policies: vec![policy("p", "{}", r#"[{"name":"a","paths":["/x/**/y"]}]"#)],
+            policies: vec![
+                policy(
+                    "p",
+                    "{}",
+                    r#"[{"name":"a","paths":["/x"]},{"name":"b","paths":["/y"]}]"#,
+                ),
+                policy(
+                    "q",
+                    "{}",
+                    r#"[{"name":"c","paths":["/z"]},{"name":"d","paths":["/x/**/y"]}]"#,
+                ),
+            ],
             ..Default::default()
         };
-        assert!(matches!(
-            current.install(&bad, &pod(), 16),
-            Err(SnapshotError::BadGlob { .. })
-        ));
+        match current.install(&bad, &pod(), 16) {
+            Err(SnapshotError::BadGlob { policy, rule, glob }) => {
+                assert_eq!((policy.as_str(), rule.as_str(), glob.as_str()), ("q", "d", "/x/**/y"));
+            }
+            other => panic!("{:?}", other.err()),
+        }
         let older = Snapshot {
             revision: 4,
             ..good.clone()

@@ -120,7 +120,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 }
 
 /// A connection whose first bytes were read already: they are read again, then the rest.
-/// Lets hyper take over a connection that [`crate::front`] started on.
+/// Lets hyper take over a connection that [`super::h1_server`] started on.
 pub struct Rewind<T> {
     read: Bytes,
     inner: T,
