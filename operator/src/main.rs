@@ -324,21 +324,10 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
 
 /// Resolves on SIGTERM (Kubernetes) or Ctrl-C.
 async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    portcullis_wire::process::shutdown_signal(
+        |e| tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"),
+    )
+    .await;
 }
 
 fn init_tracing(format: &str) {

@@ -458,12 +458,8 @@ fn numbered_placeholders(sql: &str) -> String {
     out
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+/// Seconds since the Unix epoch, as the store and snapshots write times.
+pub use portcullis_wire::process::unix_now;
 
 /// JSON columns: encode.
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
