@@ -58,7 +58,7 @@ impl Metrics {
         );
         let upstream_errors = counter(
             "portcullis_proxy_upstream_errors_total",
-            "Requests the app did not answer, by kind (connect, timeout, protocol).",
+            "Requests the app did not answer, by kind (connect, timeout, closed, malformed, head_too_large, protocol), and response bodies the app broke off (body_truncated).",
             &["kind"],
         );
         let limits = counter(

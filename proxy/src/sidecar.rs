@@ -98,7 +98,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             forwarded_certs,
             max_body_bytes: config.max_body_bytes,
         },
-        upstream: Upstream::new(&config.upstream, config.upstream_protocol, config.upstream_timeout)?,
+        upstream: Upstream::new(
+            &config.upstream,
+            config.upstream_protocol,
+            config.upstream_timeout,
+            metrics.upstream_errors.with_label_values(&["body_truncated"]),
+        )?,
     });
 
     let bind = |addr: SocketAddr| async move {

@@ -215,11 +215,20 @@ impl Default for Trace {
     }
 }
 
-/// Why the app gave no answer, as the transport saw it.
+/// Why the app gave no answer, as the transport saw it; each is a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
+    /// Nothing accepted the connection (refused, unreachable, no answer to the connect).
     Connect,
+    /// No response head by the upstream timeout.
     Timeout,
+    /// The app closed (or reset) the connection before a whole response head.
+    Closed,
+    /// What the app sent is not an HTTP/1.1 response head we can frame unambiguously.
+    Malformed,
+    /// The app's response head is larger than the sidecar reads.
+    HeadTooLarge,
+    /// Anything else: the request body could not be sent, an h2c stream failed.
     Protocol,
 }
 
@@ -228,6 +237,9 @@ impl UpstreamFailure {
         match self {
             UpstreamFailure::Connect => "connect",
             UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Closed => "closed",
+            UpstreamFailure::Malformed => "malformed",
+            UpstreamFailure::HeadTooLarge => "head_too_large",
             UpstreamFailure::Protocol => "protocol",
         }
     }
@@ -261,10 +273,18 @@ impl Gate {
                 "upstream_timeout",
                 "the app did not answer in time",
             ),
-            UpstreamFailure::Connect | UpstreamFailure::Protocol => Refused::new(
+            UpstreamFailure::Connect => Refused::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
                 "the app could not be reached",
+            ),
+            UpstreamFailure::Closed
+            | UpstreamFailure::Malformed
+            | UpstreamFailure::HeadTooLarge
+            | UpstreamFailure::Protocol => Refused::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the app gave no usable answer",
             ),
         };
         self.refuse(refused, trace)

@@ -157,7 +157,8 @@ where
 /// and responses to the client alike. Frames that are already here go out with the head in one
 /// write; the rest as they come. With [`Framing::Empty`] (a response to `HEAD`, a 204, a
 /// 304) the body is read to its end and its bytes dropped. Trailers are dropped: HTTP/1.1
-/// peers of ours get none (gRPC, which needs them, goes over HTTP/2).
+/// peers of ours get none (gRPC, which needs them, goes over HTTP/2). A body that fails is an
+/// error once what was gathered has gone out: the peer sees the message cut.
 pub async fn write_message<W, B>(
     writer: &mut W,
     body: &mut B,
@@ -186,7 +187,15 @@ where
         };
         let data = match frame {
             None => break,
-            Some(Err(_)) => return Err(WriteError::Broken),
+            Some(Err(_)) => {
+                // What was gathered goes out first: the peer sees the message cut (shorter
+                // than its framing says, then the close), not a connection closed unanswered.
+                if !out.is_empty() {
+                    let _ = writer.write_all(out).await;
+                    out.clear();
+                }
+                return Err(WriteError::Broken);
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue,

@@ -92,7 +92,13 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE: usize = 1024;
 
 impl Upstream {
-    pub fn new(url: &str, protocol: UpstreamProtocol, timeout: Duration) -> Result<Upstream, UpstreamUrlError> {
+    /// `body_errors` counts response bodies that break off after their head was sent on.
+    pub fn new(
+        url: &str,
+        protocol: UpstreamProtocol,
+        timeout: Duration,
+        body_errors: prometheus::IntCounter,
+    ) -> Result<Upstream, UpstreamUrlError> {
         let authority = upstream_authority(url)?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -110,6 +116,7 @@ impl Upstream {
                 POOL_IDLE_TIMEOUT,
                 CONNECT_TIMEOUT,
                 timeout,
+                body_errors,
             )),
             authority,
             protocol,

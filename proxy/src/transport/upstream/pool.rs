@@ -20,6 +20,7 @@ use hyper::body::{Body as HttpBody, Bytes, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::Authority;
 use hyper::{Method, Request, StatusCode};
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -37,6 +38,8 @@ pub struct Http1Pool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     response_timeout: Duration,
+    /// Bodies that failed after their head was passed on (the client sees them cut).
+    body_errors: IntCounter,
 }
 
 struct Idle {
@@ -63,19 +66,39 @@ enum Failed {
     Unsent,
     /// The app closed the connection without a byte of response.
     Unanswered,
-    Protocol,
+    /// The app closed the connection in the middle of its response head.
+    Closed,
+    /// The response head is not one we can read.
+    Bad(ProtocolError),
+    /// The request body failed or could not be written past its start.
+    Upload,
     /// No response head by the deadline.
     Timeout,
 }
 
+impl Failed {
+    /// What the request's failure was, once it will not be retried.
+    fn cause(self) -> UpstreamFailure {
+        match self {
+            Failed::Unsent | Failed::Unanswered | Failed::Closed => UpstreamFailure::Closed,
+            Failed::Bad(ProtocolError::HeadTooLarge) => UpstreamFailure::HeadTooLarge,
+            Failed::Bad(_) => UpstreamFailure::Malformed,
+            Failed::Upload => UpstreamFailure::Protocol,
+            Failed::Timeout => UpstreamFailure::Timeout,
+        }
+    }
+}
+
 impl Http1Pool {
-    /// `response_timeout`: from the request's start to the app's response head.
+    /// `response_timeout`: from the request's start to the app's response head;
+    /// `body_errors` counts response bodies that fail midway.
     pub fn new(
         authority: &Authority,
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
         response_timeout: Duration,
+        body_errors: IntCounter,
     ) -> Http1Pool {
         Http1Pool {
             // `[::1]` is a URI's spelling; the resolver wants `::1`.
@@ -90,6 +113,7 @@ impl Http1Pool {
             idle_timeout,
             connect_timeout,
             response_timeout,
+            body_errors,
         }
     }
 
@@ -127,8 +151,7 @@ impl Http1Pool {
                 // The app closed an idle connection as the request went out on it.
                 Err(Failed::Unsent) if reused => continue,
                 Err(Failed::Unanswered) if reused && replayable => continue,
-                Err(Failed::Timeout) => return Err(UpstreamFailure::Timeout),
-                Err(_) => return Err(UpstreamFailure::Protocol),
+                Err(failed) => return Err(failed.cause()),
             }
         }
     }
@@ -281,7 +304,7 @@ where
             .await
             .map_err(|e| match e {
                 WriteError::Unsent => Failed::Unsent,
-                WriteError::Broken => Failed::Protocol,
+                WriteError::Broken => Failed::Upload,
             })
     });
     let mut download = pin!(read_head(&mut reader, buf, method, asked_upgrade));
@@ -308,15 +331,14 @@ async fn read_head<R: AsyncRead + Unpin>(
     let mut answered = false;
     loop {
         if !buf.is_empty()
-            && let Some(head) =
-                h1_codec::parse_response_head(buf, method, asked_upgrade).map_err(|_| Failed::Protocol)?
+            && let Some(head) = h1_codec::parse_response_head(buf, method, asked_upgrade).map_err(Failed::Bad)?
         {
             return Ok(head);
         }
         h1_codec::make_room(buf);
         match reader.read_buf(buf).await {
             Ok(0) | Err(_) if !answered => return Err(Failed::Unanswered),
-            Ok(0) | Err(_) => return Err(Failed::Protocol),
+            Ok(0) | Err(_) => return Err(Failed::Closed),
             Ok(_) => answered = true,
         }
     }
@@ -353,6 +375,12 @@ impl AppBody {
             decoder: Decoder::Done,
             keep_alive: false,
         }
+    }
+
+    /// The body broke off: its connection is closed, and the failure counted.
+    fn fail(&mut self) {
+        self.conn = None;
+        self.pool.body_errors.inc();
     }
 
     fn finish(&mut self) {
@@ -396,7 +424,7 @@ impl HttpBody for AppBody {
         loop {
             match this.step() {
                 Err(e) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Ok(Step::Data(data)) => {
@@ -423,12 +451,12 @@ impl HttpBody for AppBody {
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(ProtocolError::Truncated.into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    this.conn = None;
+                    this.fail();
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
@@ -506,6 +534,7 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(1),
             response_timeout,
+            IntCounter::new("body_errors", "test").unwrap(),
         ))
     }
 
@@ -790,7 +819,7 @@ mod tests {
         .await;
         assert_eq!(
             pool(&authority).send(get(), std::iter::empty()).await.err(),
-            Some(UpstreamFailure::Protocol)
+            Some(UpstreamFailure::Malformed)
         );
 
         let (authority, _) = scripted(vec![Some(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"), None]).await;
@@ -801,6 +830,7 @@ mod tests {
             "a short body is an error, not an end"
         );
         assert_eq!(pool.idle_len(), 0);
+        assert_eq!(pool.body_errors.get(), 1, "and it is counted");
 
         let (authority, _) = scripted(vec![Some(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
@@ -808,7 +838,7 @@ mod tests {
         .await;
         assert_eq!(
             self::pool(&authority).send(get(), std::iter::empty()).await.err(),
-            Some(UpstreamFailure::Protocol),
+            Some(UpstreamFailure::Malformed),
             "a switch nobody asked for"
         );
     }
