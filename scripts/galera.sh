@@ -12,6 +12,9 @@
 #   scripts/galera.sh start-node N start node N again (it rejoins by IST or SST) and wait
 #                                  until it is Synced
 #   scripts/galera.sh restart N    kill N, then start-node N
+#   scripts/galera.sh isolate N    cut node N off the group (gmcast.isolate): it loses
+#                                  quorum and answers "WSREP has not yet prepared node"
+#   scripts/galera.sh heal N       undo isolate and wait until node N is Synced again
 #   scripts/galera.sh logs         the tail of every node's log
 #
 # Environment: GALERA_DIR (state, default /tmp/portcullis-galera), GALERA_PORT (node 1's
@@ -265,6 +268,23 @@ cmd_start_node() {
   echo "galera: node $1 Synced"
 }
 
+cmd_isolate() {
+  node_arg "${1:-}"
+  q "$1" "SET GLOBAL wsrep_provider_options='gmcast.isolate=1'"
+  for _ in $(seq 1 "$WAIT"); do
+    [ "$(status_var "$1" wsrep_cluster_status)" = "non-Primary" ] && { echo "galera: node $1 isolated (non-Primary)"; return 0; }
+    sleep 0.5
+  done
+  die "node $1 still in the primary component after isolation"
+}
+
+cmd_heal() {
+  node_arg "${1:-}"
+  q "$1" "SET GLOBAL wsrep_provider_options='gmcast.isolate=0'"
+  wait_synced "$1" "${#NODES[@]}"
+  echo "galera: node $1 Synced again"
+}
+
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
@@ -273,9 +293,11 @@ case "${1:-}" in
   kill) cmd_kill "${2:-}" ;;
   start-node) cmd_start_node "${2:-}" ;;
   restart) cmd_kill "${2:-}"; cmd_start_node "${2:-}" ;;
+  isolate) cmd_isolate "${2:-}" ;;
+  heal) cmd_heal "${2:-}" ;;
   logs) show_logs ;;
   *)
-    sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 2
     ;;
 esac

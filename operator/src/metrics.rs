@@ -1,10 +1,15 @@
 //! The operator's Prometheus metrics, in a registry of its own.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::store::{Cause, ErrorCounts, Store};
 
 /// Reconcile and database figures, rendered at `/metrics`.
 pub struct Metrics {
@@ -15,6 +20,8 @@ pub struct Metrics {
     pool: IntGaugeVec,
     leader: IntGauge,
     revision: IntGauge,
+    database_up: IntGauge,
+    store_errors: Arc<OnceLock<Arc<ErrorCounts>>>,
 }
 
 impl Default for Metrics {
@@ -72,6 +79,12 @@ impl Metrics {
             "Current revision of the database.",
         )
         .expect("valid metric");
+        let database_up = IntGauge::new(
+            "portcullis_operator_database_up",
+            "1 when the database answered the last probe (every 5 s and at each /readyz), 0 when it did not.",
+        )
+        .expect("valid metric");
+        let store_errors = Arc::new(OnceLock::new());
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -79,6 +92,8 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(leader.clone()),
             Box::new(revision.clone()),
+            Box::new(database_up.clone()),
+            Box::new(DatabaseErrors::new(store_errors.clone())),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -90,7 +105,19 @@ impl Metrics {
             pool,
             leader,
             revision,
+            database_up,
+            store_errors,
         }
+    }
+
+    /// Reports `store`'s database errors (`portcullis_operator_database_errors_total`).
+    /// The first store observed is the one reported.
+    pub fn observe_store(&self, store: &Store) {
+        let _ = self.store_errors.set(store.error_counts());
+    }
+
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
     }
 
     /// Starts timing a reconcile of `controller`.
@@ -126,6 +153,52 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+const DATABASE_ERRORS: &str = "portcullis_operator_database_errors_total";
+const DATABASE_ERRORS_HELP: &str =
+    "Database errors met by the operator's transactions, by cause, retried or failed (handed to the caller).";
+
+/// `portcullis_operator_database_errors_total`, read from the store's counters at each
+/// scrape (the store counts with atomics and knows nothing of Prometheus).
+struct DatabaseErrors {
+    desc: Desc,
+    counts: Arc<OnceLock<Arc<ErrorCounts>>>,
+}
+
+impl DatabaseErrors {
+    fn new(counts: Arc<OnceLock<Arc<ErrorCounts>>>) -> Self {
+        let desc = Desc::new(
+            DATABASE_ERRORS.into(),
+            DATABASE_ERRORS_HELP.into(),
+            vec!["cause".into(), "result".into()],
+            Default::default(),
+        )
+        .expect("valid metric");
+        DatabaseErrors { desc, counts }
+    }
+}
+
+impl Collector for DatabaseErrors {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(counts) = self.counts.get() else {
+            return Vec::new();
+        };
+        let Ok(vec) = IntCounterVec::new(Opts::new(DATABASE_ERRORS, DATABASE_ERRORS_HELP), &["cause", "result"]) else {
+            return Vec::new();
+        };
+        for cause in Cause::ALL {
+            vec.with_label_values(&[cause.as_str(), "retried"])
+                .inc_by(counts.retried(cause));
+            vec.with_label_values(&[cause.as_str(), "failed"])
+                .inc_by(counts.failed(cause));
+        }
+        vec.collect()
     }
 }
 
