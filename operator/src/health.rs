@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::admin::Readiness;
 use crate::controller::manager::Synced;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How long one probe waits for the database: below Kubernetes' default probe timeout
 /// (1 s would be too tight for a loaded database; the kubelet's is configurable).
@@ -22,13 +22,23 @@ pub const PROBE_PERIOD: Duration = Duration::from_secs(5);
 /// node out of the primary component, in its own words: the SQL error alone may only
 /// say "Lock wait timeout").
 pub async fn probe(store: &Store) -> Result<i64, String> {
-    let why = match tokio::time::timeout(PROBE_TIMEOUT, store.revision()).await {
+    let (why, pool_starved) = match tokio::time::timeout(PROBE_TIMEOUT, store.revision()).await {
         Ok(Ok(revision)) => return Ok(revision),
-        Ok(Err(err)) => err.to_string(),
-        Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        Ok(Err(err)) => {
+            let starved = matches!(err, StoreError::Database(sqlx::Error::PoolTimedOut));
+            (err.to_string(), starved)
+        }
+        Err(_) => (format!("no answer within {} s", PROBE_TIMEOUT.as_secs()), true),
     };
-    match tokio::time::timeout(PROBE_TIMEOUT, store.galera_trouble()).await {
-        Ok(Some(trouble)) => Err(format!("database: {trouble} ({why})")),
+    // Say what is wrong in the database's words where the error does not.
+    let detail = async {
+        if pool_starved && let Some(trouble) = store.connect_trouble().await {
+            return Some(format!("cannot connect: {trouble}"));
+        }
+        store.galera_trouble().await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, detail).await {
+        Ok(Some(detail)) => Err(format!("database: {detail} ({why})")),
         _ => Err(format!("database: {why}")),
     }
 }

@@ -270,6 +270,20 @@ impl Store {
         })
     }
 
+    /// Why a new connection cannot be made right now ("Connection refused", "the
+    /// database system is shutting down"), or `None` when one can: what a pool that
+    /// timed out waiting for a connection does not say.
+    pub async fn connect_trouble(&self) -> Option<String> {
+        use sqlx::ConnectOptions;
+        match self.pool.connect_options().connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                None
+            }
+            Err(err) => Some(one_line(&err)),
+        }
+    }
+
     /// Builds a statement written with `?` placeholders for this backend.
     fn query(&self, sql: &'static str) -> Query<'static, Any, AnyArguments> {
         sqlx::query(self.sql(sql))
