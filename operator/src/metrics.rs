@@ -253,4 +253,25 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
     }
+
+    #[tokio::test]
+    async fn renders_database_health_and_errors_by_cause() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("portcullis_operator_database_errors_total"));
+        let config = crate::store::DbConfig::from_url("sqlite::memory:").unwrap();
+        let store = Store::open(&config).await.unwrap();
+        m.observe_store(&store);
+        m.set_database_up(false);
+        let text = m.render();
+        for line in [
+            "portcullis_operator_database_up 0",
+            r#"portcullis_operator_database_errors_total{cause="node_not_ready",result="retried"} 0"#,
+            r#"portcullis_operator_database_errors_total{cause="connection",result="failed"} 0"#,
+            "# TYPE portcullis_operator_database_errors_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        m.set_database_up(true);
+        assert!(m.render().lines().any(|l| l == "portcullis_operator_database_up 1"));
+    }
 }

@@ -236,7 +236,7 @@ async fn bulk_apply_survives_database_faults(server: Server, kind: Kind, test: &
         "{}: stopped at revision ~{}; /readyz said {why:?}; {unavailable} reconciles failed DatabaseUnavailable; store errors: {}",
         server.name(),
         start + 40,
-        error_summary(&store)
+        support::error_summary(&store)
     );
 
     // 2. Delete a third of the users' keys and every team, change every user; the
@@ -302,28 +302,11 @@ async fn bulk_apply_survives_database_faults(server: Server, kind: Kind, test: &
     eprintln!(
         "{}: {cut} connections cut during the second apply; store errors: {}",
         server.name(),
-        error_summary(&store)
+        support::error_summary(&store)
     );
     store.close().await;
     probe.close().await;
     db.finish().await;
-}
-
-fn error_summary(store: &Store) -> String {
-    let counts = store.error_counts();
-    portcullis_operator::store::Cause::ALL
-        .iter()
-        .filter(|c| counts.retried(**c) + counts.failed(**c) > 0)
-        .map(|c| {
-            format!(
-                "{} retried {} failed {}",
-                c.as_str(),
-                counts.retried(*c),
-                counts.failed(*c)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The two servers are stopped in turn by the tests of this file: one at a time.

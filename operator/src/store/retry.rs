@@ -242,7 +242,7 @@ mod tests {
     use std::borrow::Cow;
     use std::error::Error as StdError;
     use std::fmt;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use sqlx::error::ErrorKind;
 
@@ -313,6 +313,71 @@ mod tests {
         assert!(!is_transient(&db_error("28P01", "password authentication failed")));
         assert!(!is_transient(&db_error("42601", "syntax error")));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn causes_name_what_went_wrong() {
+        assert_eq!(
+            cause(&db_error(
+                "08S01",
+                "WSREP has not yet prepared node for application use"
+            )),
+            Cause::NodeNotReady
+        );
+        assert_eq!(
+            cause(&db_error("40001", "could not serialize access")),
+            Cause::Serialization
+        );
+        assert_eq!(cause(&db_error("40P01", "deadlock detected")), Cause::Deadlock);
+        assert_eq!(
+            cause(&db_error("57P03", "the database system is starting up")),
+            Cause::StartingUp
+        );
+        assert_eq!(
+            cause(&db_error(
+                "57P01",
+                "terminating connection due to administrator command"
+            )),
+            Cause::Connection,
+            "a server shutting down or a terminated backend: the next connection may work"
+        );
+        assert_eq!(cause(&sqlx::Error::PoolTimedOut), Cause::PoolTimeout);
+        assert_eq!(cause(&sqlx::Error::WorkerCrashed), Cause::Connection);
+        assert_eq!(cause(&db_error("23505", "duplicate key")), Cause::Other);
+        let labels: std::collections::BTreeSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), Cause::ALL.len(), "one label per cause");
+        for (i, c) in Cause::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "ALL is in declaration order (counts are indexed by it)");
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_retried_and_failed_errors_by_cause() {
+        let counts = ErrorCounts::default();
+        let calls = AtomicU32::new(0);
+        let result = with_retry_counted(fast(), Some(&counts), "test", || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(StoreError::Database(db_error("40001", "Deadlock found"))),
+                1 => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(result.is_ok());
+        let failed: Result<(), _> = with_retry_counted(fast(), Some(&counts), "test", || async {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(counts.retried(Cause::Serialization), 1);
+        assert_eq!(counts.retried(Cause::Connection), 1);
+        assert_eq!(
+            counts.failed(Cause::PoolTimeout),
+            1,
+            "not retried: the pool already waited"
+        );
+        assert_eq!(counts.retried(Cause::PoolTimeout), 0);
+        assert_eq!(counts.failed(Cause::Serialization), 0);
     }
 
     fn fast() -> RetryPolicy {

@@ -240,7 +240,7 @@ pub fn bulk_manifests(users: usize, teams: usize, keys: usize) -> Vec<portcullis
     }
     for i in 0..users {
         let name = format!("u{i:04}");
-        let roles = if i % 3 == 0 {
+        let roles = if i.is_multiple_of(3) {
             vec!["reader", "writer"]
         } else {
             vec!["reader"]
@@ -258,7 +258,7 @@ pub fn bulk_manifests(users: usize, teams: usize, keys: usize) -> Vec<portcullis
         let members: Vec<_> = (0..5)
             .map(|m| t * 5 + m)
             .filter(|&u| u < users)
-            .map(|u| json!({"user": format!("u{u:04}"), "role": if u % 5 == 0 { "owner" } else { "member" }}))
+            .map(|u| json!({"user": format!("u{u:04}"), "role": if u.is_multiple_of(5) { "owner" } else { "member" }}))
             .collect();
         push(
             "Team",
@@ -332,7 +332,7 @@ pub async fn assert_bulk_applied(client: &kube::Client, store: &Store, users: us
     assert_eq!(bulk_users.len(), users, "every user once");
     for user in &bulk_users {
         let i: usize = user.name[1..].parse().expect("user number");
-        let mut roles = if i % 3 == 0 {
+        let mut roles = if i.is_multiple_of(3) {
             vec!["reader", "writer"]
         } else {
             vec!["reader"]
@@ -372,4 +372,22 @@ pub async fn assert_bulk_applied(client: &kube::Client, store: &Store, users: us
         .filter(|k| k.namespace == "bulk" && k.revoked_at.is_none())
         .count();
     assert_eq!(live_keys, keys, "no live key beyond one per APIKey");
+}
+
+/// The database errors a store met, by cause: "connection retried 3 failed 0, …".
+pub fn error_summary(store: &Store) -> String {
+    let counts = store.error_counts();
+    portcullis_operator::store::Cause::ALL
+        .iter()
+        .filter(|c| counts.retried(**c) + counts.failed(**c) > 0)
+        .map(|c| {
+            format!(
+                "{} retried {} failed {}",
+                c.as_str(),
+                counts.retried(*c),
+                counts.failed(*c)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
