@@ -299,6 +299,14 @@ async fn bulk_apply_survives_database_faults(server: Server, kind: Kind, test: &
             Some(format!("{user} (renamed)").as_str())
         );
     }
+    // A cut connection or a stopped server is "unavailable" (requeued in 5 s), never a
+    // change the database refused (`DatabaseError`, requeued in 30 s).
+    let (_, body) = get(admin_addr, "/metrics").await;
+    let refused: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("portcullis_operator_reconcile_errors_total{") && !l.contains("DatabaseUnavailable"))
+        .collect();
+    assert!(refused.is_empty(), "outages misclassified: {refused:?}");
     eprintln!(
         "{}: {cut} connections cut during the second apply; store errors: {}",
         server.name(),
