@@ -11,12 +11,11 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::Method;
 use hyper::header::{HeaderMap, HeaderValue};
-use portcullis_proxy::forward::{Upstream, UpstreamProtocol};
-use portcullis_proxy::gate::{Conn, Gate, Trace};
 use portcullis_proxy::metrics::Metrics;
-use portcullis_proxy::net::TrustedProxies;
-use portcullis_proxy::ratelimit::Limiter;
-use portcullis_proxy::snapshot::{Current, Pod};
+use portcullis_proxy::policy::client_ip::TrustedProxies;
+use portcullis_proxy::policy::gate::{Conn, Gate, Trace};
+use portcullis_proxy::policy::ratelimit::Limiter;
+use portcullis_proxy::policy::snapshot::{Current, Pod};
 use portcullis_wire::{
     ApiKeyEntry, JwtIssuer, JwtKey, OwnerKind, PolicyEntry, PolicyRule, RoleEntry, Snapshot, UserEntry,
 };
@@ -111,7 +110,6 @@ fn bench(c: &mut Criterion) {
         pod,
         limiter: Limiter::new(100_000),
         metrics: Arc::new(Metrics::new()),
-        upstream: Upstream::new("http://127.0.0.1:9", UpstreamProtocol::Auto, Duration::from_secs(1)).expect("url"),
         trusted: TrustedProxies::default(),
         forwarded_certs: None,
         max_body_bytes: 1 << 20,
@@ -119,7 +117,7 @@ fn bench(c: &mut Criterion) {
     let conn = Conn::new("127.0.0.1:40000".parse().expect("addr"), false, None);
     let claims = serde_json::json!({
         "iss": "https://auth.bench", "aud": "bench", "sub": "user-7", "sid": "live",
-        "exp": portcullis_proxy::unix_now() + 3600,
+        "exp": portcullis_wire::unix_now() + 3600,
     });
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -16,8 +16,8 @@ use tracing::warn;
 
 use crate::Body;
 use crate::metrics::Metrics;
-use crate::response::full;
-use crate::snapshot::Current;
+use crate::policy::snapshot::Current;
+use crate::transport::reply::full;
 
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, current: Arc<Current>) {
     loop {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::net::Cidr;
-use crate::tls::ClientAuth;
+use crate::policy::client_ip::Cidr;
+use crate::transport::tls::ClientAuth;
+use crate::transport::upstream::{UpstreamUrlError, upstream_authority};
 
 /// Portcullis sidecar: authentication, authorization, rate limits, CORS and metrics in front of an app.
 #[derive(Debug, Clone, Parser)]
@@ -38,7 +39,7 @@ pub struct Config {
     pub upstream: String,
     /// HTTP version towards the app: auto (gRPC over h2c, the rest HTTP/1.1), http1 or http2.
     #[arg(long, env = "PORTCULLIS_UPSTREAM_PROTOCOL", default_value = "auto")]
-    pub upstream_protocol: crate::forward::UpstreamProtocol,
+    pub upstream_protocol: crate::transport::upstream::UpstreamProtocol,
     /// Longest wait for the app's response headers before answering 504.
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", default_value = "30", value_parser = seconds)]
     pub upstream_timeout: Duration,
@@ -117,22 +118,37 @@ fn label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
+/// A combination of flags that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no policy source: give --snapshot-file or --control-plane")]
+    NoSnapshotSource,
+    #[error("--tls-listen needs --tls-cert and --tls-key")]
+    TlsWithoutKeys,
+    #[error("--client-auth optional|required needs --client-ca")]
+    ClientAuthWithoutCa,
+    #[error("--max-header-bytes must be at least 8192")]
+    HeaderLimitTooSmall,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
+}
+
 impl Config {
     /// Checks what clap cannot: combinations of flags.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.snapshot_file.is_none() && self.control_plane.is_none() {
-            return Err("no policy source: give --snapshot-file or --control-plane".into());
+            return Err(ConfigError::NoSnapshotSource);
         }
         if self.tls_listen.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
-            return Err("--tls-listen needs --tls-cert and --tls-key".into());
+            return Err(ConfigError::TlsWithoutKeys);
         }
         if self.client_auth != ClientAuth::None && self.client_ca.is_none() {
-            return Err("--client-auth optional|required needs --client-ca".into());
+            return Err(ConfigError::ClientAuthWithoutCa);
         }
         if self.max_header_bytes < 8192 {
-            return Err("--max-header-bytes must be at least 8192".into());
+            return Err(ConfigError::HeaderLimitTooSmall);
         }
-        crate::forward::upstream_authority(&self.upstream)?;
+        upstream_authority(&self.upstream)?;
         Ok(())
     }
 }
@@ -151,7 +167,7 @@ mod tests {
         c.validate().unwrap();
 
         let no_source = Config::try_parse_from(["p", "--upstream", "http://127.0.0.1:3000"]).unwrap();
-        assert!(no_source.validate().unwrap_err().contains("no policy source"));
+        assert_eq!(no_source.validate(), Err(ConfigError::NoSnapshotSource));
         let bad = Config::try_parse_from(["p", "--upstream", "x", "--snapshot-file", "s", "--idle-timeout", "-1"]);
         assert!(bad.is_err());
         let mtls = Config::try_parse_from([
@@ -164,7 +180,7 @@ mod tests {
             "required",
         ])
         .unwrap();
-        assert!(mtls.validate().unwrap_err().contains("--client-ca"));
+        assert_eq!(mtls.validate(), Err(ConfigError::ClientAuthWithoutCa));
         let labels = Config::try_parse_from([
             "p",
             "--upstream",

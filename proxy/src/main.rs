@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis_proxy::config::Config;
-use portcullis_proxy::server;
+use portcullis_proxy::sidecar;
+use portcullis_wire::process::shutdown_signal;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -47,14 +48,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match server::start(&config).await {
+        let running = match sidecar::start(&config).await {
             Ok(running) => running,
             Err(why) => {
                 error!(error = %why, "cannot start");
                 return ExitCode::FAILURE;
             }
         };
-        shutdown_signal().await;
+        shutdown_signal(|e| error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only")).await;
         info!("shutting down: draining connections");
         running.shutdown().await;
         info!("stopped");
@@ -62,34 +63,15 @@ fn main() -> ExitCode {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = ctrl_c => {}
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 /// A sidecar's memory is charged to the app's pod, so the allocator is set up for a small
 /// footprint before the first allocation (an ELF constructor, which runs ahead of the
 /// allocator's own): transparent huge pages off for this process (`always` on many hosts,
 /// where one touched byte of an arena can cost a 2 MiB page), arenas committed as they are
 /// used rather than up front, and freed pages handed back after 100 ms unused.
+// The binary's one `unsafe` (the transport holds the only other): FFI to the allocator
+// and the kernel, before anything else runs.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = ".init_array.00100")]
 static SET_UP_MEMORY: extern "C" fn() = {

@@ -3,7 +3,7 @@
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::snapshot::Current;
+use crate::policy::snapshot::Current;
 
 pub struct Metrics {
     registry: Registry,

@@ -616,38 +616,19 @@ async fn mtls_identifies_users_by_certificate_and_refuses_other_cas() {
     let sidecar = tls_sidecar(&app, &pki, "optional").await;
     let tls = sidecar.running.tls.unwrap();
 
-    let stream = tls_connect(tls, &pki, Some(&pki.alice), &[b"http/1.1"]).await.unwrap();
-    let r = send_over(stream, "GET", "/api/v1/items", &[], "").await;
+    let r = tls_get(tls, &pki, Some(&pki.alice), "/api/v1/items").await.unwrap();
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(app.last().headers["x-auth-method"], "mtls");
     assert_eq!(app.last().headers["x-auth-user"], "alice");
     assert_eq!(app.last().headers["x-forwarded-proto"], "https");
 
     // A certificate of our CA that names nobody we know: 401.
-    let stream = tls_connect(tls, &pki, Some(&pki.stranger), &[b"http/1.1"])
-        .await
-        .unwrap();
-    assert_eq!(send_over(stream, "GET", "/api/v1/items", &[], "").await.status, 401);
+    let r = tls_get(tls, &pki, Some(&pki.stranger), "/api/v1/items").await.unwrap();
+    assert_eq!(r.status, 401);
 
     // Another CA's certificate for the same e-mail: the handshake fails.
-    let impostor = async {
-        let stream = tls_connect(tls, &pki, Some(&pki.impostor), &[b"http/1.1"]).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        sender
-            .send_request(
-                Request::get("/api/v1/items")
-                    .header("host", "t")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .map_err(std::io::Error::other)
-    };
     assert!(
-        impostor.await.is_err(),
+        tls_get(tls, &pki, Some(&pki.impostor), "/api/v1/items").await.is_err(),
         "a certificate from another CA is refused in the handshake"
     );
 
@@ -659,23 +640,7 @@ async fn mtls_identifies_users_by_certificate_and_refuses_other_cas() {
     // Required: no certificate, no connection.
     let required = tls_sidecar(&app, &pki, "required").await;
     let tls = required.running.tls.unwrap();
-    let anonymous = async {
-        let stream = tls_connect(tls, &pki, None, &[b"http/1.1"]).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        sender
-            .send_request(
-                Request::get("/healthz")
-                    .header("host", "t")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .map_err(std::io::Error::other)
-    };
-    assert!(anonymous.await.is_err());
+    assert!(tls_get(tls, &pki, None, "/healthz").await.is_err());
     required.running.shutdown().await;
 }
 

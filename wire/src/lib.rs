@@ -9,12 +9,14 @@
 pub mod api_key;
 pub mod glob;
 pub mod policy;
+pub mod process;
 pub mod snapshot;
 
 pub use policy::{
     ApiVersion, ApiVersions, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PolicyRule, RateLimit,
     SelectorOperator, TeamRole,
 };
+pub use process::unix_now;
 pub use snapshot::{
     ApiKeyEntry, ClaimSource, JwtIssuer, JwtKey, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry,
     TeamMembership, UserEntry,

@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_proxy::config::Config;
-use portcullis_proxy::server::{self, Running};
+use portcullis_proxy::sidecar::{self, Running};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -36,7 +36,7 @@ pub const EXPIRED_KEY: &str = "pck_expired000000000000000000000000000000000";
 pub const SOURCE_KEY: &str = "pck_source0000000000000000000000000000000000";
 
 pub fn now() -> i64 {
-    portcullis_proxy::unix_now()
+    portcullis_wire::unix_now()
 }
 
 // ---------------------------------------------------------------- the sample app
@@ -391,7 +391,7 @@ pub async fn sidecar(app: &App, extra: &[&str], with_snapshot: bool) -> Sidecar 
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::try_parse_from(args).unwrap();
-    let running = server::start(&config).await.unwrap();
+    let running = sidecar::start(&config).await.unwrap();
     if with_snapshot {
         for _ in 0..200 {
             if running.current.load().is_some() {
@@ -438,22 +438,48 @@ pub async fn send_over<S>(stream: S, method: &str, path: &str, headers: &[(&str,
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    try_send_over(stream, method, path, headers, body).await.unwrap()
+}
+
+/// [`send_over`], with a failed handshake or exchange as an error rather than a panic.
+pub async fn try_send_over<S>(
+    stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut builder = Request::builder().method(method).uri(path).header("host", "shop.test");
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
     let request = builder.body(Full::new(Bytes::from(body.to_string()))).unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(request).await?;
     let (parts, body) = response.into_parts();
-    Reply {
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+        body: body.collect().await?.to_bytes(),
+    })
+}
+
+/// A GET of `path` over TLS with `client`'s certificate (or none); an error where the
+/// handshake or the first exchange fails, as a refused certificate makes it.
+pub async fn tls_get(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: Option<&(String, String)>,
+    path: &str,
+) -> std::io::Result<Reply> {
+    let stream = tls_connect(addr, pki, client, &[b"http/1.1"]).await?;
+    try_send_over(stream, "GET", path, &[], "")
+        .await
+        .map_err(std::io::Error::other)
 }
 
 /// Writes raw bytes and reads until the peer closes or 5 s pass.

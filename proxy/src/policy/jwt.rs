@@ -11,7 +11,7 @@ use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use portcullis_wire::{ClaimSource, JwtIssuer, JwtKey};
 
-use crate::identity::Principal;
+use super::identity::Principal;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -444,25 +444,10 @@ fn unpad(s: &str) -> &str {
     s.trim_end_matches('=')
 }
 
-/// base64url, padding optional (base64 is only a dev-dependency of this crate).
+/// base64url, padding optional.
 fn b64url(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let s = unpad(s).as_bytes();
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &c in s {
-        let value = ALPHABET.iter().position(|&a| a == c)?;
-        acc = (acc << 6) | value as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpad(s)).ok()
 }
 
 #[cfg(test)]

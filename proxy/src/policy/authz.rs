@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use portcullis_wire::glob::{self, Segment};
 use portcullis_wire::{HttpMethod, PolicyRule, TeamRole};
 
-use crate::path::NormalizedPath;
+use super::path::NormalizedPath;
 
 /// An AccessPolicy's rules, compiled once per snapshot into a trie of path segments.
 ///
@@ -41,6 +41,8 @@ struct Node {
 /// that holds one anyway is refused by the sidecar too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadGlob {
+    /// Where the rule is in the list compiled.
+    pub index: usize,
     pub rule: String,
     pub glob: String,
 }
@@ -51,6 +53,7 @@ impl Matcher {
         for (r, rule) in rules.iter().enumerate() {
             for (g, text) in rule.paths.iter().enumerate() {
                 let segments = glob::parse(text).map_err(|_| BadGlob {
+                    index: r,
                     rule: rule.name.clone(),
                     glob: text.clone(),
                 })?;
@@ -211,7 +214,7 @@ pub fn decide(found: Option<(&PolicyRule, Option<&str>)>, identity: Option<&Iden
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::normalize;
+    use crate::policy::path::normalize;
 
     fn rules() -> Vec<PolicyRule> {
         serde_json::from_str(
@@ -431,6 +434,7 @@ mod tests {
         assert_eq!(
             Matcher::compile(&bad).unwrap_err(),
             BadGlob {
+                index: 0,
                 rule: "r".into(),
                 glob: "/a/**/b".into()
             }

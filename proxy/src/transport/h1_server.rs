@@ -21,17 +21,20 @@ use std::pin::{Pin, pin};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::Body;
-use crate::gate::{Conn, Gate};
-use crate::http1::{self, AppHeaders, Framing, HeaderSpans, MAX_HEADERS, READ_CHUNK, WriteError};
+use super::Proxy;
+use super::body::RequestBody;
+use super::h1_codec::{self, Framing, READ_CHUNK, WriteError};
+use super::hop;
+use super::raw_headers::{HeaderSpans, MAX_HEADERS};
+use super::reply::{Reply, ReplyHeaders};
+use crate::policy::gate::Conn;
 
 /// The largest request body read together with its head; larger ones stream through hyper.
 pub const BUFFERED_BODY: usize = 16 * 1024;
@@ -59,7 +62,7 @@ pub enum Served<I> {
 pub async fn serve<I>(
     mut io: I,
     conn: &Conn,
-    gate: &Gate,
+    proxy: &Proxy,
     settings: &Settings,
     stop: &watch::Receiver<bool>,
 ) -> Served<I>
@@ -73,17 +76,17 @@ where
     let mut waiter = stop.clone();
     let mut stopped = pin!(stopping(&mut waiter));
     loop {
-        let next = next_request(&mut io, &mut buf, gate, settings, stopped.as_mut()).await;
+        let next = next_request(&mut io, &mut buf, proxy, settings, stopped.as_mut()).await;
         let (request, close) = match next {
             Next::Request(request, close) => (request, close),
             Next::Unusual => return Served::Handoff(io, buf.freeze()),
             Next::Close => return Served::Closed,
         };
         let head_request = request.method() == Method::HEAD;
-        let response = gate.handle(conn, request).await;
+        let reply = proxy.serve(conn, request).await;
         // Draining: this response is the connection's last.
         let close = close || *stop.borrow();
-        let written = write_response(&mut io, response, head_request, close, &mut out).await;
+        let written = write_reply(&mut io, reply, head_request, close, &mut out).await;
         if close || written.is_err() {
             // For TLS, the close_notify that tells the client nothing was cut.
             let _ = io.shutdown().await;
@@ -101,7 +104,7 @@ pub async fn stopping(stop: &mut watch::Receiver<bool>) {
 #[allow(clippy::large_enum_variant)]
 enum Next {
     /// A request, and whether the client asked to close after it.
-    Request(Request<Full<Bytes>>, bool),
+    Request(Request<RequestBody>, bool),
     Unusual,
     Close,
 }
@@ -112,7 +115,7 @@ enum Next {
 async fn next_request<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
-    gate: &Gate,
+    proxy: &Proxy,
     settings: &Settings,
     mut stopped: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
@@ -125,7 +128,7 @@ async fn next_request<I: AsyncRead + Unpin>(
                 Parse::More => {}
             }
         }
-        http1::make_room(buf);
+        h1_codec::make_room(buf);
         let read = if buf.is_empty() {
             tokio::select! {
                 biased;
@@ -138,7 +141,7 @@ async fn next_request<I: AsyncRead + Unpin>(
             match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    gate.metrics.limits.with_label_values(&["header_timeout"]).inc();
+                    proxy.gate.metrics.limits.with_label_values(&["header_timeout"]).inc();
                     return Next::Close;
                 }
             }
@@ -152,7 +155,7 @@ async fn next_request<I: AsyncRead + Unpin>(
 
 #[allow(clippy::large_enum_variant)]
 enum Parse {
-    Request(Request<Full<Bytes>>, bool),
+    Request(Request<RequestBody>, bool),
     /// Hyper's to serve (see the module's comment).
     Unusual,
     /// The head, or the body that belongs with it, is not all here yet.
@@ -222,7 +225,7 @@ fn parse(buf: &mut BytesMut, settings: &Settings) -> Parse {
         *buf = all;
         return Parse::Unusual;
     };
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(RequestBody::buffered(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -249,15 +252,13 @@ fn framed(headers: &[httparse::Header<'_>]) -> Option<Framed> {
             if length.is_some() {
                 return None;
             }
-            length = Some(http1::decimal(h.value)?);
+            length = Some(h1_codec::decimal(h.value)?);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return None;
-                }
+            let connection = hop::Connection::read(h.value);
+            if connection.upgrade {
+                return None;
             }
+            close |= connection.close;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -271,28 +272,25 @@ fn framed(headers: &[httparse::Header<'_>]) -> Option<Framed> {
     })
 }
 
-/// Writes the response: head and body (or its first frames) in one write. A body that
-/// fails or ends short of its length is an error: the connection must then close, so that
-/// the client sees the response cut rather than a shorter one.
-async fn write_response<W: AsyncWrite + Unpin>(
+/// Writes the reply: head and body (or its first frames) in one write. A body that fails
+/// or ends short of its length is an error: the connection must then close, so that the
+/// client sees the response cut rather than a shorter one.
+async fn write_reply<W: AsyncWrite + Unpin>(
     io: &mut W,
-    response: Response<Body>,
+    mut reply: Reply,
     head_request: bool,
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), WriteError> {
-    let (mut parts, mut body) = response.into_parts();
-    let app_headers = parts.extensions.remove::<AppHeaders>();
     let framing = encode_response_head(
-        parts.status,
-        app_headers.as_ref(),
-        &parts.headers,
+        reply.status,
+        &reply.headers,
         head_request,
-        body.size_hint().exact(),
+        reply.body.size_hint().exact(),
         close,
         out,
     );
-    http1::write_message(io, &mut body, framing, out).await
+    h1_codec::write_message(io, &mut reply.body, framing, out).await
 }
 
 /// Encodes a response head into `out` (cleared first) and returns how its body is framed:
@@ -302,8 +300,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
 /// response or a 304 keeps the length the app declared).
 fn encode_response_head(
     status: StatusCode,
-    app_headers: Option<&AppHeaders>,
-    headers: &HeaderMap,
+    headers: &ReplyHeaders,
     head_request: bool,
     exact_len: Option<u64>,
     close: bool,
@@ -322,14 +319,12 @@ fn encode_response_head(
         out.extend_from_slice(b"\r\n");
     };
     // The app's, as read: no framing or hop-by-hop header among them.
-    let (mut declared, mut dated) = (None, false);
-    if let Some(app) = app_headers {
-        app.iter().for_each(|(name, value)| push(name, value));
-        (declared, dated) = (app.length, app.dated);
-    }
-    for (name, value) in headers {
+    let app = headers.raw();
+    app.iter().for_each(|(name, value)| push(name, value));
+    let (mut declared, mut dated) = (app.length, app.dated);
+    for (name, value) in headers.map() {
         if *name == header::CONTENT_LENGTH {
-            declared = http1::decimal(value.as_bytes());
+            declared = h1_codec::decimal(value.as_bytes());
             continue;
         }
         if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
@@ -492,7 +487,8 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        let framing = encode_response_head(status, None, &map, head_request, exact, close, &mut out);
+        let headers = ReplyHeaders::from_map(map);
+        let framing = encode_response_head(status, &headers, head_request, exact, close, &mut out);
         (framing, String::from_utf8(out).unwrap())
     }
 
@@ -531,14 +527,16 @@ mod tests {
         // The app's headers as read, then ours; its length and date are believed.
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nDate: Sun\r\nContent-Length: 2\r\n\r\n"[..]);
-        let app = http1::parse_response_head(&mut buf, &Method::GET, false)
+        let app = h1_codec::parse_response_head(&mut buf, &Method::GET, false)
             .unwrap()
             .unwrap();
-        let app = app.response.extensions().get::<AppHeaders>().unwrap();
-        let mut ours = HeaderMap::new();
-        ours.insert("x-correlation-id", "c1".parse().unwrap());
+        let mut headers = ReplyHeaders::from_raw(app.headers);
+        headers.set(
+            hyper::header::HeaderName::from_static("x-correlation-id"),
+            "c1".parse().unwrap(),
+        );
         let mut out = Vec::new();
-        let framing = encode_response_head(StatusCode::OK, Some(app), &ours, false, Some(2), false, &mut out);
+        let framing = encode_response_head(StatusCode::OK, &headers, false, Some(2), false, &mut out);
         assert_eq!(framing, Framing::Length(2));
         assert_eq!(
             String::from_utf8(out).unwrap(),

@@ -2,10 +2,22 @@
 //! `Deprecation` / `Sunset` headers of deprecated API versions.
 
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Response, StatusCode};
+use hyper::{Method, StatusCode};
 use portcullis_wire::{ApiVersion, Cors, HttpMethod};
 
-use crate::Body;
+use super::answer::{Answer, ResponseEdits};
+use super::headers::{DEPRECATION, SUNSET};
+
+/// Why a preflight was refused (the message of the 403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CorsRefused {
+    #[error("origin not allowed")]
+    Origin,
+    #[error("method {0} not allowed")]
+    Method(String),
+    #[error("header {0} not allowed")]
+    Header(String),
+}
 
 /// Whether the request is a CORS preflight (and not a plain OPTIONS call to the app).
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
@@ -37,8 +49,8 @@ fn method_name(m: HttpMethod) -> &'static str {
 
 /// The answer to a preflight: 204 with the grant, or 403 without any CORS header
 /// when the origin, method or a requested header is not allowed.
-pub fn preflight(cors: &Cors, headers: &HeaderMap, body: impl FnOnce() -> Body) -> Result<Response<Body>, String> {
-    let origin = allowed_origin(cors, headers).ok_or("origin not allowed")?;
+pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<Answer, CorsRefused> {
+    let origin = allowed_origin(cors, headers).ok_or(CorsRefused::Origin)?;
     let requested = headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|v| v.to_str().ok())
@@ -49,7 +61,7 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap, body: impl FnOnce() -> Body) 
         cors.allowed_methods.iter().map(|m| method_name(*m)).collect()
     };
     if !methods.contains(&requested) {
-        return Err(format!("method {requested} not allowed"));
+        return Err(CorsRefused::Method(requested.to_string()));
     }
     let requested_headers = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
@@ -61,12 +73,11 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap, body: impl FnOnce() -> Body) 
             .iter()
             .any(|a| a == "*" || a.eq_ignore_ascii_case(h))
         {
-            return Err(format!("header {h} not allowed"));
+            return Err(CorsRefused::Header(h.to_string()));
         }
     }
-    let mut response = Response::new(body());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let out = response.headers_mut();
+    let mut answer = Answer::empty(StatusCode::NO_CONTENT);
+    let out = &mut answer.headers;
     out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     if let Ok(v) = HeaderValue::from_str(&methods.join(", ")) {
@@ -86,18 +97,18 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap, body: impl FnOnce() -> Body) 
     if let Some(age) = cors.max_age_seconds {
         out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
     }
-    Ok(response)
+    Ok(answer)
 }
 
 /// CORS headers on an actual cross-origin response.
-pub fn decorate(cors: &Cors, request: &HeaderMap, response: &mut HeaderMap) {
+pub fn decorate(cors: &Cors, request: &HeaderMap, response: &mut ResponseEdits) {
     let Some(origin) = allowed_origin(cors, request) else {
         return;
     };
-    response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    response.set(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     response.append(header::VARY, HeaderValue::from_static("Origin"));
     if cors.allow_credentials {
-        response.insert(
+        response.set(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
@@ -105,13 +116,13 @@ pub fn decorate(cors: &Cors, request: &HeaderMap, response: &mut HeaderMap) {
     if !cors.expose_headers.is_empty()
         && let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(", "))
     {
-        response.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
+        response.set(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
     }
 }
 
 /// `Deprecation` (RFC 9745, `@<unix seconds>`), `Sunset` (RFC 8594, HTTP date) and
 /// `Link: <…>; rel="deprecation"` for a deprecated API version.
-pub fn deprecation(version: &ApiVersion, response: &mut HeaderMap) {
+pub fn deprecation(version: &ApiVersion, response: &mut ResponseEdits) {
     let date = |d: &str| {
         d.parse::<jiff::civil::Date>()
             .ok()?
@@ -121,17 +132,17 @@ pub fn deprecation(version: &ApiVersion, response: &mut HeaderMap) {
     match version.deprecated.as_deref().and_then(date) {
         Some(when) => {
             if let Ok(v) = HeaderValue::from_str(&format!("@{}", when.timestamp().as_second())) {
-                response.insert(crate::headers::DEPRECATION, v);
+                response.set(DEPRECATION, v);
             }
         }
         None => {
-            response.insert(crate::headers::DEPRECATION, HeaderValue::from_static("true"));
+            response.set(DEPRECATION, HeaderValue::from_static("true"));
         }
     }
     if let Some(when) = version.sunset.as_deref().and_then(date) {
         let http_date = when.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string();
         if let Ok(v) = HeaderValue::from_str(&http_date) {
-            response.insert(crate::headers::SUNSET, v);
+            response.set(SUNSET, v);
         }
     }
     if let Some(link) = &version.link
@@ -171,52 +182,45 @@ mod tests {
 
     #[test]
     fn preflights_grant_exactly_what_the_policy_allows() {
-        let ok = preflight(
-            &cors(),
-            &request("https://app.example.com", "POST", "content-type"),
-            crate::response::empty,
-        )
-        .unwrap();
-        assert_eq!(ok.status(), 204);
-        let h = ok.headers();
+        let ok = preflight(&cors(), &request("https://app.example.com", "POST", "content-type")).unwrap();
+        assert_eq!(ok.status, 204);
+        let h = &ok.headers;
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "content-type");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "600");
-        assert!(
-            preflight(
-                &cors(),
-                &request("https://evil.example", "GET", ""),
-                crate::response::empty
-            )
-            .is_err()
+        assert_eq!(
+            preflight(&cors(), &request("https://evil.example", "GET", "")).err(),
+            Some(CorsRefused::Origin)
         );
-        assert!(
-            preflight(
-                &cors(),
-                &request("https://app.example.com", "DELETE", ""),
-                crate::response::empty
-            )
-            .is_err()
+        assert_eq!(
+            preflight(&cors(), &request("https://app.example.com", "DELETE", "")).err(),
+            Some(CorsRefused::Method("DELETE".into()))
         );
-        assert!(
-            preflight(
-                &cors(),
-                &request("https://app.example.com", "GET", "x-evil"),
-                crate::response::empty
-            )
-            .is_err()
+        assert_eq!(
+            preflight(&cors(), &request("https://app.example.com", "GET", "x-evil")).err(),
+            Some(CorsRefused::Header("x-evil".into()))
         );
     }
 
     #[test]
     fn responses_carry_cors_only_for_allowed_origins() {
-        let mut out = HeaderMap::new();
+        let mut out = ResponseEdits::new(HeaderValue::from_static("c"));
         decorate(&cors(), &request("https://evil.example", "GET", ""), &mut out);
-        assert!(out.is_empty());
+        assert_eq!(out.iter().count(), 0);
         decorate(&cors(), &request("https://app.example.com", "GET", ""), &mut out);
-        assert_eq!(out[header::ACCESS_CONTROL_EXPOSE_HEADERS], "X-Correlation-ID");
+        assert_eq!(
+            out.get(&header::ACCESS_CONTROL_EXPOSE_HEADERS).unwrap(),
+            "X-Correlation-ID"
+        );
+        assert_eq!(
+            out.iter()
+                .find(|(name, ..)| **name == header::VARY)
+                .map(|(.., replace)| replace),
+            Some(false),
+            "Vary goes beside the app's"
+        );
     }
 
     #[test]
@@ -227,10 +231,13 @@ mod tests {
             sunset: Some("2027-06-30".into()),
             link: Some("https://example.com/migrate".into()),
         };
-        let mut out = HeaderMap::new();
+        let mut out = ResponseEdits::new(HeaderValue::from_static("c"));
         deprecation(&v, &mut out);
-        assert_eq!(out["deprecation"], "@1767225600");
-        assert_eq!(out["sunset"], "Wed, 30 Jun 2027 00:00:00 GMT");
-        assert_eq!(out[header::LINK], "<https://example.com/migrate>; rel=\"deprecation\"");
+        assert_eq!(out.get(&DEPRECATION).unwrap(), "@1767225600");
+        assert_eq!(out.get(&SUNSET).unwrap(), "Wed, 30 Jun 2027 00:00:00 GMT");
+        assert_eq!(
+            out.get(&header::LINK).unwrap(),
+            "<https://example.com/migrate>; rel=\"deprecation\""
+        );
     }
 }

@@ -1,12 +1,11 @@
-//! TLS for the sidecar's listener, and who a client certificate names.
+//! Who a client certificate names, and the check of certificates an ingress forwarded.
 //!
-//! Client certificates reach us two ways: in the handshake on our TLS listener, or forwarded
-//! by an ingress that terminated TLS (`X-Client-Cert`, URL-encoded PEM). Both are verified
-//! against the same CA bundle with the same WebPKI rules, and both yield a [`CertIdentity`]
-//! that [`crate::identity::Directory::certificate`] maps to a user or source.
+//! Client certificates reach us two ways: in the handshake on our TLS listener
+//! ([`crate::transport::tls`]), or forwarded by an ingress that terminated TLS
+//! (`X-Client-Cert`, URL-encoded PEM). Both are verified against the same CA bundle with the
+//! same WebPKI rules (the one [`client_verifier`]), and both yield a [`CertIdentity`] that
+//! [`crate::policy::identity::Directory::certificate`] maps to a user or source.
 
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use percent_encoding::percent_decode;
@@ -15,7 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_cert::Certificate;
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode, Tag, Tagged};
@@ -26,43 +25,17 @@ use x509_cert::ext::pkix::name::GeneralName;
 const MAX_FORWARDED_CERT_LEN: usize = 16 * 1024;
 const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
-/// Whether the TLS listener asks for client certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientAuth {
-    /// Never asked for; identity comes from tokens and keys.
-    #[default]
-    None,
-    /// Asked for and verified if sent; a client without one is anonymous.
-    Optional,
-    /// No verified certificate, no connection.
-    Required,
-}
-
-impl FromStr for ClientAuth {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Self::None),
-            "optional" => Ok(Self::Optional),
-            "required" => Ok(Self::Required),
-            other => Err(format!("{other:?}: expected none, optional or required")),
-        }
-    }
-}
-
+/// Why a certificate or a CA bundle is not usable.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
-    #[error("{path}: no certificate in the file")]
-    NoCertificate { path: PathBuf },
-    #[error("TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
+pub enum CertError {
+    #[error("no certificate in the CA bundle")]
+    NoCa,
+    #[error("not a usable CA certificate ({0})")]
+    BadCa(rustls::Error),
     #[error("client CA bundle: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("certificate: {0}")]
-    Certificate(String),
+    Malformed(String),
 }
 
 /// The names a verified client certificate carries.
@@ -76,47 +49,25 @@ pub struct CertIdentity {
 
 /// The ring provider, named explicitly so that no other provider a dependency enables
 /// can change which algorithms we accept.
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The listener's configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-    client_auth: ClientAuth,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = read_certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        path: key.to_path_buf(),
-        reason: format!("no usable private key ({e})"),
-    })?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match (client_auth, client_ca) {
-        (ClientAuth::None, _) => builder.with_no_client_auth(),
-        (_, None) => {
-            return Err(TlsError::Certificate(
-                "client certificates need a client CA bundle".into(),
-            ));
-        }
-        (mode, Some(ca)) => builder.with_client_cert_verifier(client_verifier(ca, mode)?),
-    };
-    let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-fn client_verifier(ca: &Path, mode: ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+/// The WebPKI verifier of client certificates issued by `ca`; with `optional`, a client
+/// may also send none.
+pub fn client_verifier(
+    ca: Vec<CertificateDer<'static>>,
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, CertError> {
+    if ca.is_empty() {
+        return Err(CertError::NoCa);
+    }
     let mut roots = RootCertStore::empty();
-    for cert in read_certificates(ca)? {
-        roots.add(cert).map_err(|e| TlsError::File {
-            path: ca.to_path_buf(),
-            reason: format!("not a usable CA certificate ({e})"),
-        })?;
+    for cert in ca {
+        roots.add(cert).map_err(CertError::BadCa)?;
     }
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-    let builder = if mode == ClientAuth::Optional {
+    let builder = if optional {
         builder.allow_unauthenticated()
     } else {
         builder
@@ -124,34 +75,17 @@ fn client_verifier(ca: &Path, mode: ClientAuth) -> Result<Arc<dyn ClientCertVeri
     Ok(builder.build()?)
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_error = |e: rustls_pki_types::pem::Error| TlsError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(file_error)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(file_error)?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
 /// Reads the subject alternative names and the common name of a DER certificate.
 ///
 /// Only called on certificates that already passed verification.
-pub fn cert_identity(der: &CertificateDer<'_>) -> Result<CertIdentity, TlsError> {
-    let cert = Certificate::from_der(der.as_ref()).map_err(|e| TlsError::Certificate(e.to_string()))?;
+pub fn cert_identity(der: &CertificateDer<'_>) -> Result<CertIdentity, CertError> {
+    let cert = Certificate::from_der(der.as_ref()).map_err(|e| CertError::Malformed(e.to_string()))?;
     let tbs = &cert.tbs_certificate;
     let mut identity = CertIdentity::default();
     // More than one SAN extension is a malformed certificate, refused rather than merged.
     let sans = tbs
         .get::<SubjectAltName>()
-        .map_err(|e| TlsError::Certificate(format!("subject alternative names: {e}")))?;
+        .map_err(|e| CertError::Malformed(format!("subject alternative names: {e}")))?;
     for name in sans.map(|(_, san)| san.0).unwrap_or_default() {
         match name {
             GeneralName::UniformResourceIdentifier(s) => identity.uris.push(s.to_string()),
@@ -168,13 +102,13 @@ pub fn cert_identity(der: &CertificateDer<'_>) -> Result<CertIdentity, TlsError>
         .filter(|atv| atv.oid == COMMON_NAME);
     if let Some(cn) = common_names.next() {
         if common_names.next().is_some() {
-            return Err(TlsError::Certificate("more than one common name".into()));
+            return Err(CertError::Malformed("more than one common name".into()));
         }
         let text = match cn.value.tag() {
             Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => std::str::from_utf8(cn.value.value()).ok(),
             _ => None,
         };
-        let text = text.ok_or_else(|| TlsError::Certificate("common name is not a text string".into()))?;
+        let text = text.ok_or_else(|| CertError::Malformed("common name is not a text string".into()))?;
         identity.common_name = Some(text.to_owned());
     }
     Ok(identity)
@@ -207,9 +141,10 @@ pub struct ForwardedCertVerifier {
 }
 
 impl ForwardedCertVerifier {
-    pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
+    /// Verifies against the certificates of `ca` (the client CA bundle).
+    pub fn new(ca: Vec<CertificateDer<'static>>) -> Result<Self, CertError> {
         Ok(Self {
-            verifier: client_verifier(path, ClientAuth::Required)?,
+            verifier: client_verifier(ca, false)?,
         })
     }
 
@@ -262,12 +197,9 @@ mod tests {
             .into_bytes()
     }
 
-    fn verifier_for(issuer: &CertifiedIssuer<'static, KeyPair>) -> (tempfile::TempDir, ForwardedCertVerifier) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, issuer.pem()).unwrap();
-        let verifier = ForwardedCertVerifier::from_ca_file(&path).unwrap();
-        (dir, verifier)
+    fn verifier_for(issuer: &CertifiedIssuer<'static, KeyPair>) -> ForwardedCertVerifier {
+        let ca = CertificateDer::from_pem_slice(issuer.pem().as_bytes()).unwrap();
+        ForwardedCertVerifier::new(vec![ca]).unwrap()
     }
 
     #[test]
@@ -301,7 +233,7 @@ mod tests {
     fn forwarded_certificates_are_verified_against_the_bundle() {
         let ours = ca("ours");
         let theirs = ca("theirs");
-        let (_dir, verifier) = verifier_for(&ours);
+        let verifier = verifier_for(&ours);
         let email = |e: &str| SanType::Rfc822Name(e.try_into().unwrap());
         let good = client(&ours, "alice", vec![email("alice@example.com")]);
         let identity = verifier.verify(&encoded(&good), UnixTime::now()).unwrap();
@@ -345,49 +277,5 @@ mod tests {
             verifier.verify(&huge, UnixTime::now()),
             Err(ForwardedCertError::Malformed)
         );
-    }
-
-    #[test]
-    fn server_config_needs_a_ca_for_client_auth() {
-        let ours = ca("ours");
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &ours).unwrap();
-        let write = |name: &str, content: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).unwrap();
-            path
-        };
-        let (cert, key, ca) = (
-            write("c.pem", &cert.pem()),
-            write("k.pem", &key.serialize_pem()),
-            write("ca.pem", &ours.pem()),
-        );
-        let config = server_config(&cert, &key, None, ClientAuth::None).unwrap();
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
-        assert!(server_config(&cert, &key, Some(&ca), ClientAuth::Required).is_ok());
-        assert!(matches!(
-            server_config(&cert, &key, None, ClientAuth::Optional),
-            Err(TlsError::Certificate(_))
-        ));
-        let empty = write("empty.pem", "");
-        assert!(matches!(
-            server_config(&empty, &key, None, ClientAuth::None),
-            Err(TlsError::NoCertificate { .. })
-        ));
-        assert!(
-            server_config(&cert, &cert, None, ClientAuth::None).is_err(),
-            "a certificate is not a key"
-        );
-    }
-
-    #[test]
-    fn client_auth_parses() {
-        assert_eq!("required".parse::<ClientAuth>(), Ok(ClientAuth::Required));
-        assert_eq!("optional".parse::<ClientAuth>(), Ok(ClientAuth::Optional));
-        assert_eq!("none".parse::<ClientAuth>(), Ok(ClientAuth::None));
-        assert!("yes".parse::<ClientAuth>().is_err());
     }
 }

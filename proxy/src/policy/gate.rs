@@ -1,40 +1,31 @@
-//! The per-request pipeline: correlate, normalize, answer preflights, authenticate,
-//! authorize, rate-limit, forward with identity headers, decorate the response.
-//! Every refusal is a JSON error and a metric; nothing reaches the app unless a rule
-//! allowed it.
+//! The gate: every decision about a request, and nothing else. It sees one request head
+//! (method, target, headers) and the connection it came on, whatever protocol carried it,
+//! and gives a [`Verdict`]: forward to the app as an [`Admission`] says (identity headers,
+//! the canonical target, the edits to make to the response), or answer without the app
+//! (an error, a CORS preflight). It does no I/O: the transport reads and writes, and
+//! reports back with [`Gate::record`] once the request has been answered.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, StatusCode};
 use portcullis_wire::{ClaimSource, HttpMethod, PolicyRule};
 use tracing::{debug, info};
 
-use crate::authz::{self, Decision};
-use crate::forward::{self, Added, Upstream, UpstreamError};
-use crate::headers::*;
-use crate::http1::AppHeaders;
-use crate::identity::Principal;
-use crate::jwt::JwtRefusal;
+use super::answer::{self, Answer, ResponseEdits};
+use super::authz::{self, Decision};
+use super::certs::{CertIdentity, ForwardedCertVerifier};
+use super::client_ip::TrustedProxies;
+use super::cors;
+use super::headers::*;
+use super::identity::Principal;
+use super::jwt::JwtRefusal;
+use super::path::{self, NormalizedPath};
+use super::ratelimit::{self, Limiter};
+use super::snapshot::{Compiled, Current, Pod};
 use crate::metrics::Metrics;
-use crate::net::TrustedProxies;
-use crate::path::{self, NormalizedPath};
-use crate::ratelimit::{self, Limiter};
-use crate::response;
-use crate::snapshot::{Compiled, Current, Pod};
-use crate::tls::{CertIdentity, ForwardedCertVerifier};
-use crate::{Body, BoxError, cors};
-
-/// Identity headers the app trusts; a client never gets to set them.
-const IDENTITY_PREFIX: &[u8] = b"x-auth-";
-
-/// A request body the gate can forward.
-pub trait RequestBody: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
-
-impl<B> RequestBody for B where B: hyper::body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 /// What every connection shares.
 pub struct Gate {
@@ -42,7 +33,6 @@ pub struct Gate {
     pub pod: Pod,
     pub limiter: Limiter,
     pub metrics: Arc<Metrics>,
-    pub upstream: Upstream,
     pub trusted: TrustedProxies,
     pub forwarded_certs: Option<ForwardedCertVerifier>,
     pub max_body_bytes: u64,
@@ -123,6 +113,60 @@ impl Refused {
             retry_after: None,
         }
     }
+
+    /// The JSON error the client gets.
+    fn answer(&self, correlation_id: &HeaderValue) -> Answer {
+        let mut answer = Answer::error(self.status, self.code, &self.message, correlation_id);
+        if self.status == StatusCode::UNAUTHORIZED {
+            answer
+                .headers
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after {
+            answer.headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        answer
+    }
+}
+
+/// What to do with a request.
+// Made once per request and taken apart at once: boxing the admission would cost an
+// allocation per request for no saving.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Verdict {
+    /// Forward it to the app, as the admission says.
+    Forward(Admission),
+    /// Answer it without the app: a refusal, or a CORS preflight.
+    Answer(Answer),
+}
+
+/// A request on its way to the app: who sent it, what the app is asked for, what the
+/// app is told, and what changes in its response.
+#[derive(Debug)]
+pub struct Admission {
+    pub principal: Option<Arc<Principal>>,
+    pub method: AuthMethod,
+    /// The one normalized path, and the query without an `api_key` taken out of it: what
+    /// was matched is what the app is asked for.
+    pub target: String,
+    /// Correlation id, auth method, `X-Forwarded-For`, `X-Forwarded-Proto`.
+    ours: [(HeaderName, HeaderValue); 4],
+    /// What changes in the app's response.
+    pub response: ResponseEdits,
+}
+
+impl Admission {
+    /// The headers the app receives from the sidecar, after the client's own (which no
+    /// longer hold any of these names: see [`is_reserved`]): the principal's identity
+    /// headers, then ours.
+    pub fn headers(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
+        self.principal
+            .as_deref()
+            .map_or(&[][..], Principal::identity_headers)
+            .iter()
+            .chain(self.ours.iter())
+    }
 }
 
 /// Who the credential says is calling, how it was shown, and the query left once an
@@ -146,77 +190,130 @@ impl Authenticated {
 /// What the log line and metrics of a request say.
 #[derive(Debug)]
 pub struct Trace {
+    pub correlation_id: HeaderValue,
+    /// The request's method as a metric label.
+    pub http_method: &'static str,
     pub rule: String,
     pub subject: Option<String>,
     pub method: AuthMethod,
     pub reason: &'static str,
+    /// Why the request was refused, as the client was told.
+    pub refusal: Option<String>,
 }
 
 impl Default for Trace {
     fn default() -> Trace {
         Trace {
+            correlation_id: HeaderValue::from_static("-"),
+            http_method: "other",
             rule: "-".into(),
             subject: None,
             method: AuthMethod::Anonymous,
             reason: "",
+            refusal: None,
+        }
+    }
+}
+
+/// Why the app gave no answer, as the transport saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Protocol => "protocol",
         }
     }
 }
 
 impl Gate {
-    /// Answers one request: from hyper (`Incoming` bodies) or from [`crate::front`]
-    /// (bodies read whole with the head).
-    pub async fn handle<B: RequestBody>(&self, conn: &Conn, request: Request<B>) -> Response<Body> {
-        let started = Instant::now();
-        let correlation_id = response::correlation_id(request.headers());
-        let method_label = method_label(request.method());
-        let http_method = request.method().clone();
-        let mut trace = Trace::default();
-        let response = match self.pass(conn, request, &correlation_id, &mut trace).await {
-            Ok(response) => response,
-            Err(refused) => {
-                let mut r = response::error(refused.status, refused.code, &refused.message, &correlation_id);
-                if refused.status == StatusCode::UNAUTHORIZED {
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-                if let Some(secs) = refused.retry_after {
-                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                }
-                info!(
-                    correlation_id = response::id_text(&correlation_id),
-                    method = %http_method,
-                    rule = %trace.rule,
-                    status = refused.status.as_u16(),
-                    auth = trace.method.as_str(),
-                    reason = trace.reason,
-                    subject = trace.subject.as_deref().unwrap_or(""),
-                    message = %refused.message,
-                    "request refused"
-                );
-                r
-            }
+    /// Decides a request, from its head and the connection it came on.
+    pub fn check(&self, conn: &Conn, method: &Method, target: &str, headers: &HeaderMap) -> (Verdict, Trace) {
+        let mut trace = Trace {
+            correlation_id: answer::correlation_id(headers),
+            http_method: method_label(method),
+            ..Trace::default()
         };
-        let status = response.status();
+        let verdict = match self.decide(conn, method, target, headers, &mut trace) {
+            Ok(verdict) => verdict,
+            Err(refused) => Verdict::Answer(self.refuse(refused, &mut trace)),
+        };
+        (verdict, trace)
+    }
+
+    /// The answer when the app could not be reached or did not answer in time.
+    pub fn upstream_failed(&self, failure: UpstreamFailure, trace: &mut Trace) -> Answer {
+        self.metrics
+            .upstream_errors
+            .with_label_values(&[failure.as_str()])
+            .inc();
+        trace.reason = failure.as_str();
+        let refused = match failure {
+            UpstreamFailure::Timeout => Refused::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the app did not answer in time",
+            ),
+            UpstreamFailure::Connect | UpstreamFailure::Protocol => Refused::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the app could not be reached",
+            ),
+        };
+        self.refuse(refused, trace)
+    }
+
+    /// Counts and logs a request once it has been answered with `status`, `elapsed`
+    /// after its head arrived.
+    pub fn record(&self, trace: &Trace, status: StatusCode, elapsed: Duration) {
         self.metrics
             .requests
-            .with_label_values(&[trace.rule.as_str(), method_label, status.as_str()])
+            .with_label_values(&[trace.rule.as_str(), trace.http_method, status.as_str()])
             .inc();
         self.metrics
             .latency
             .with_label_values(&[trace.rule.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        debug!(correlation_id = response::id_text(&correlation_id), method = %http_method, rule = %trace.rule, status = status.as_u16(), "request");
-        response
+            .observe(elapsed.as_secs_f64());
+        let correlation_id = answer::id_text(&trace.correlation_id);
+        match &trace.refusal {
+            Some(message) => info!(
+                correlation_id,
+                method = trace.http_method,
+                rule = %trace.rule,
+                status = status.as_u16(),
+                auth = trace.method.as_str(),
+                reason = trace.reason,
+                subject = trace.subject.as_deref().unwrap_or(""),
+                message = %message,
+                "request refused"
+            ),
+            None => {
+                debug!(correlation_id, method = trace.http_method, rule = %trace.rule, status = status.as_u16(), "request")
+            }
+        }
     }
 
-    async fn pass<B: RequestBody>(
+    fn refuse(&self, refused: Refused, trace: &mut Trace) -> Answer {
+        let answer = refused.answer(&trace.correlation_id);
+        trace.refusal = Some(refused.message);
+        answer
+    }
+
+    fn decide(
         &self,
         conn: &Conn,
-        mut request: Request<B>,
-        correlation_id: &HeaderValue,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
         trace: &mut Trace,
-    ) -> Result<Response<Body>, Refused> {
+    ) -> Result<Verdict, Refused> {
         let snapshot = self.current.load().ok_or_else(|| {
             Refused::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -225,17 +322,16 @@ impl Gate {
             )
         })?;
         if let Some(cors) = &snapshot.cors
-            && cors::is_preflight(request.method(), request.headers())
+            && cors::is_preflight(method, headers)
         {
             trace.rule = "cors-preflight".into();
-            return cors::preflight(cors, request.headers(), response::empty)
-                .map_err(|why| Refused::new(StatusCode::FORBIDDEN, "cors_refused", why));
+            let mut answer = cors::preflight(cors, headers)
+                .map_err(|why| Refused::new(StatusCode::FORBIDDEN, "cors_refused", why.to_string()))?;
+            answer.headers.insert(X_CORRELATION_ID, trace.correlation_id.clone());
+            return Ok(Verdict::Answer(answer));
         }
-        let raw = request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
-        let admitted = self.admit(&snapshot, conn, request.method(), &raw, request.headers(), trace)?;
-
-        if request
-            .headers()
+        let admitted = self.admit(&snapshot, conn, method, target, headers, trace)?;
+        if headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -248,41 +344,42 @@ impl Gate {
                 format!("request bodies are limited to {} bytes", self.max_body_bytes),
             ));
         }
-
-        let upgrade = forward::upgrade_protocol(&request);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let origin_headers = snapshot.cors.as_ref().map(|_| request.headers().clone());
         let target = match &admitted.query {
             Some(q) if !q.is_empty() => format!("{}?{q}", admitted.path.canonical),
             _ => admitted.path.canonical.clone(),
         };
-        let (forwarded, added) = self.prepare(request, &admitted, correlation_id, conn, upgrade);
-        let mut app_response = self.upstream.send(forwarded, &target, &added).await.map_err(|e| {
-            self.metrics.upstream_errors.with_label_values(&[e.as_str()]).inc();
-            trace.reason = e.as_str();
-            match e {
-                UpstreamError::Timeout => Refused::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the app did not answer in time",
-                ),
-                UpstreamError::Connect | UpstreamError::Protocol => Refused::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    "the app could not be reached",
-                ),
+        // From an untrusted peer the chain is whatever the client wrote: start it afresh.
+        let xff = match (
+            self.trusted.trusts(conn.peer.ip()),
+            headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+        ) {
+            (true, Some(chain)) => {
+                HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).unwrap_or_else(|_| conn.peer_ip.clone())
             }
-        })?;
-        if let Some(client) = client_upgrade {
-            forward::splice_upgrade(client, &mut app_response);
+            _ => conn.peer_ip.clone(),
+        };
+        let proto = if conn.tls { "https" } else { "http" };
+        let mut response = ResponseEdits::new(trace.correlation_id.clone());
+        if let Some(cors) = &snapshot.cors
+            && headers.contains_key(header::ORIGIN)
+        {
+            cors::decorate(cors, headers, &mut response);
         }
-        Ok(self.finish(
-            app_response,
-            &snapshot,
-            &admitted.path,
-            origin_headers.as_ref(),
-            correlation_id,
-        ))
+        if let Some(version) = snapshot.deprecated_version(&admitted.path.canonical) {
+            cors::deprecation(version, &mut response);
+        }
+        Ok(Verdict::Forward(Admission {
+            ours: [
+                (X_CORRELATION_ID, trace.correlation_id.clone()),
+                (X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str())),
+                (X_FORWARDED_FOR, xff),
+                (X_FORWARDED_PROTO, HeaderValue::from_static(proto)),
+            ],
+            principal: admitted.principal,
+            method: admitted.method,
+            target,
+            response,
+        }))
     }
 
     /// Everything that decides whether a request may reach the app, and as whom:
@@ -375,7 +472,7 @@ impl Gate {
         query: Option<String>,
         trace: &mut Trace,
     ) -> Result<Authenticated, Refused> {
-        let now = crate::unix_now();
+        let now = portcullis_wire::unix_now();
         let bearer = single(headers, &header::AUTHORIZATION)?
             .filter(|v| v.len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "));
         let header_key = single(headers, &X_API_KEY)?;
@@ -500,109 +597,12 @@ impl Gate {
         Ok(())
     }
 
-    /// The request as the app sees it: hop-by-hop headers gone, the client's copies of the
-    /// headers we set removed, body size capped while streaming. What we set comes back
-    /// beside the request (see [`Added`]).
-    fn prepare<'a, B: RequestBody>(
-        &self,
-        request: Request<B>,
-        admitted: &'a Admitted,
-        correlation_id: &HeaderValue,
-        conn: &Conn,
-        upgrade: Option<HeaderValue>,
-    ) -> (Request<Body>, Added<'a>) {
-        let (mut parts, body) = request.into_parts();
-        let headers = &mut parts.headers;
-        // From an untrusted peer the chain is whatever the client wrote: start it afresh.
-        let xff = match (
-            self.trusted.trusts(conn.peer.ip()),
-            headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-        ) {
-            (true, Some(chain)) => {
-                HeaderValue::try_from(format!("{chain}, {}", conn.peer.ip())).unwrap_or_else(|_| conn.peer_ip.clone())
-            }
-            _ => conn.peer_ip.clone(),
-        };
-        forward::strip_hop_by_hop_and(headers, is_ours);
-        if let Some(protocol) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
-        let proto = if conn.tls { "https" } else { "http" };
-        let added = Added {
-            identity: admitted.principal.as_ref().map_or(&[], |p| p.identity_headers()),
-            ours: [
-                (X_CORRELATION_ID, correlation_id.clone()),
-                (X_AUTH_METHOD, HeaderValue::from_static(admitted.method.as_str())),
-                (X_FORWARDED_FOR, xff),
-                (X_FORWARDED_PROTO, HeaderValue::from_static(proto)),
-            ],
-        };
-        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let body = Limited::new(body, limit).boxed();
-        (Request::from_parts(parts, body), added)
-    }
-
-    fn finish(
-        &self,
-        app: Response<Body>,
-        snapshot: &Compiled,
-        path: &NormalizedPath,
-        request_headers: Option<&HeaderMap>,
-        correlation_id: &HeaderValue,
-    ) -> Response<Body> {
-        let upgraded = app.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let (mut parts, body) = app.into_parts();
-        let deprecated = snapshot.deprecated_version(&path.canonical);
-        let cors = snapshot
-            .cors
-            .as_ref()
-            .zip(request_headers.filter(|h| h.contains_key(header::ORIGIN)));
-        if let Some(app_headers) = parts.extensions.get_mut::<AppHeaders>() {
-            if cors.is_none() && deprecated.is_none() {
-                // Ours replaces the app's; the rest stay as read, for the client's hop.
-                app_headers.remove(&X_CORRELATION_ID);
-            } else if let Some(app_headers) = parts.extensions.remove::<AppHeaders>() {
-                // CORS and deprecation add to the app's headers (`Vary`, `Link`): in a map.
-                app_headers.into_map(&mut parts.headers);
-            }
-        }
-        // Hop-by-hop headers are gone already (the upstream client drops them as it reads),
-        // except the protocol a 101 switches to, which the client's hop needs with its
-        // `Connection`.
-        if upgraded && parts.headers.contains_key(header::UPGRADE) {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        parts.headers.insert(X_CORRELATION_ID, correlation_id.clone());
-        if let Some((cors, request)) = cors {
-            cors::decorate(cors, request, &mut parts.headers);
-        }
-        if let Some(version) = deprecated {
-            cors::deprecation(version, &mut parts.headers);
-        }
-        Response::from_parts(parts, body)
-    }
-
     fn count_auth(&self, method: AuthMethod, result: &str, reason: &str) {
         self.metrics
             .auth
             .with_label_values(&[method.as_str(), result, reason])
             .inc();
     }
-}
-
-/// Whether a header is one the client could use to impersonate, or one that we set: our
-/// identity headers, a forwarded client certificate (read beforehand, from trusted peers
-/// only), and the client's correlation id and forwarding headers (read beforehand; ours
-/// replace them). The client's copies never reach the app.
-fn is_ours(name: &HeaderName) -> bool {
-    name.as_str().as_bytes().starts_with(IDENTITY_PREFIX)
-        || matches!(
-            name.as_str(),
-            "x-client-cert" | "x-correlation-id" | "x-forwarded-for" | "x-forwarded-proto"
-        )
 }
 
 /// The value of a header that may appear at most once: two values are ambiguous (which
@@ -681,17 +681,5 @@ mod tests {
         let (rest, key) = take_query_key("a=1&api_key=pck_x%2By&b=2");
         assert_eq!((rest.as_deref(), key.as_deref()), (Some("a=1&b=2"), Some("pck_x+y")));
         assert_eq!(take_query_key("a=1").1, None);
-    }
-
-    #[test]
-    fn identity_headers_from_clients_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("x-auth-user", HeaderValue::from_static("admin"));
-        h.insert("X-Auth-Roles", HeaderValue::from_static("admin"));
-        h.insert(X_CLIENT_CERT, HeaderValue::from_static("pem"));
-        h.insert("x-authority", HeaderValue::from_static("kept: not ours"));
-        forward::strip_hop_by_hop_and(&mut h, is_ours);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-authority"));
     }
 }

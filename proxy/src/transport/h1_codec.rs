@@ -3,7 +3,7 @@
 //!
 //! The client side of a sidecar is narrow: one upstream, requests already checked by the
 //! gate, origin-form targets. Writing the head and reading the response in the request's
-//! own task (see [`crate::pool`]) costs a third of what a general client's connection task
+//! own task (see [`super::upstream::pool`]) costs a third of what a general client's connection task
 //! does. The parsing is strict where a lenient reading could let a response be framed
 //! differently by us and by the client: conflicting lengths, a length beside
 //! `Transfer-Encoding`, malformed chunk sizes are errors, never guesses.
@@ -17,16 +17,15 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Frame};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Response, StatusCode, Version};
+use hyper::{Method, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::headers::{connection_tokens, is_hop_by_hop_raw};
-use crate::{Body, BoxError};
+use super::hop;
+use super::raw_headers::{HeaderSpans, MAX_HEADERS, RawHeaders};
+use crate::BoxError;
 
 /// The largest response head (status line, headers) or trailer section accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// As many as hyper's server accepts by default.
-pub const MAX_HEADERS: usize = 100;
 /// A chunk-size line with its extensions.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -143,7 +142,10 @@ pub enum WriteError {
 pub type Polled = Option<Result<Frame<Bytes>, BoxError>>;
 
 /// The body's next frame if it is already here.
-pub fn frame_now(body: &mut Body) -> Option<Polled> {
+fn frame_now<B>(body: &mut B) -> Option<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
     let mut cx = Context::from_waker(Waker::noop());
     match Pin::new(body).poll_frame(&mut cx) {
         Poll::Ready(frame) => Some(frame),
@@ -156,12 +158,16 @@ pub fn frame_now(body: &mut Body) -> Option<Polled> {
 /// write; the rest as they come. With [`Framing::Empty`] (a response to `HEAD`, a 204, a
 /// 304) the body is read to its end and its bytes dropped. Trailers are dropped: HTTP/1.1
 /// peers of ours get none (gRPC, which needs them, goes over HTTP/2).
-pub async fn write_message<W: AsyncWrite + Unpin>(
+pub async fn write_message<W, B>(
     writer: &mut W,
-    body: &mut Body,
+    body: &mut B,
     framing: Framing,
     out: &mut Vec<u8>,
-) -> Result<(), WriteError> {
+) -> Result<(), WriteError>
+where
+    W: AsyncWrite + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
+{
     let mut taken = false;
     let mut written = 0u64;
     let fail = |taken: bool| if taken { WriteError::Broken } else { WriteError::Unsent };
@@ -232,7 +238,9 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
-    pub response: Response<()>,
+    pub status: StatusCode,
+    /// As read, hop-by-hop ones and `Content-Length` left out.
+    pub headers: RawHeaders,
     pub framing: Framing,
     /// Whether the connection can carry another request once this body has been read.
     pub keep_alive: bool,
@@ -276,10 +284,8 @@ pub fn parse_response_head(
         }
         let mut storage = HeaderSpans::STORAGE;
         let raw = HeaderSpans::of(parsed.headers, buf, len, &mut storage).split(buf);
-        if raw.spans.broken {
-            return Err(ProtocolError::Head);
-        }
-        let mut kept = Vec::with_capacity(raw.header_count());
+        let spans = raw.spans().ok_or(ProtocolError::Head)?;
+        let mut kept = Vec::with_capacity(spans.len());
         let mut close = version == Version::HTTP_10;
         let mut options = None;
         // The last Transfer-Encoding value: its last coding decides the framing.
@@ -287,24 +293,22 @@ pub fn parse_response_head(
         let mut length = None;
         let mut dated = false;
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-        for span in raw.spans.spans {
+        for span in spans {
             let (name, value) = (raw.name(span), raw.value(span));
             if name.eq_ignore_ascii_case(b"connection") {
-                for token in value.split(|&b| b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        close = false;
-                    }
+                let connection = hop::Connection::read(value);
+                if connection.close {
+                    close = true;
+                } else if connection.keep_alive && version == Version::HTTP_10 {
+                    close = false;
                 }
-                if connection_tokens(value).next().is_some() {
+                if connection.names_headers {
                     options = Some(value);
                 }
             }
             // Hop-by-hop headers end here (the framing is ours to write to the client), except
             // the protocol a 101 switches to, which the client must see.
-            if is_hop_by_hop_raw(name, value) && !(switching && name.eq_ignore_ascii_case(b"upgrade")) {
+            if hop::is_hop_by_hop(name, value) && !(switching && name.eq_ignore_ascii_case(b"upgrade")) {
                 if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     encoding = Some(value);
                 }
@@ -319,7 +323,7 @@ pub fn parse_response_head(
             kept.push(*span);
         }
         if let Some(options) = options {
-            kept.retain(|span| !connection_tokens(options).any(|token| token.eq_ignore_ascii_case(raw.name(span))));
+            kept.retain(|span| !hop::named(options).any(|token| token.eq_ignore_ascii_case(raw.name(span))));
         }
         let framing = if switching {
             if !asked_upgrade {
@@ -333,250 +337,12 @@ pub fn parse_response_head(
         if framing == Framing::Close {
             close = true;
         }
-        let headers = AppHeaders {
-            bytes: raw.bytes,
-            spans: kept,
-            length,
-            dated,
-        };
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        if switching {
-            // An upgrade goes through hyper's server and the splice, which want a map.
-            headers.into_map(response.headers_mut());
-        } else {
-            response.extensions_mut().insert(headers);
-        }
         return Ok(Some(Head {
-            response,
+            status,
+            headers: raw.into_headers(kept, length, dated),
             framing,
             keep_alive: !close,
         }));
-    }
-}
-
-/// The app's response headers as they came, hop-by-hop ones left out. [`crate::front`]
-/// writes them to an HTTP/1.1 client straight from the bytes read; they become a map only
-/// where one is needed (hyper's server, CORS and deprecation headers), with
-/// [`AppHeaders::into_map`]. Carried in the response's extensions.
-#[derive(Debug, Clone)]
-pub struct AppHeaders {
-    bytes: Bytes,
-    /// Each within `bytes`, where httparse found it (see [`RawHead::headers`]); neither
-    /// hop-by-hop headers nor `Content-Length`.
-    spans: Vec<Span>,
-    /// The `Content-Length` the app declared.
-    pub length: Option<u64>,
-    /// Whether the app sent a `Date`.
-    pub dated: bool,
-}
-
-impl AppHeaders {
-    /// Name (as the app spelled it) and value of each header, in order; not
-    /// `Content-Length` (see `length`).
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.spans
-            .iter()
-            .map(|span| (span_name(&self.bytes, span), span_value(&self.bytes, span)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// Drops every header called `name` (lowercase, as a [`HeaderName`] is).
-    pub fn remove(&mut self, name: &HeaderName) {
-        let name = name.as_str().as_bytes();
-        let bytes = &self.bytes;
-        self.spans
-            .retain(|span| !span_name(bytes, span).eq_ignore_ascii_case(name));
-    }
-
-    /// Puts the headers into `map`, ahead of those it holds.
-    pub fn into_map(self, map: &mut HeaderMap) {
-        let mut all = HeaderMap::with_capacity(self.spans.len() + map.len());
-        // httparse checked each name is a token, which is what a header name is.
-        for (name, value) in self.spans.iter().filter_map(|span| span_header(&self.bytes, span)) {
-            all.append(name, value);
-        }
-        if let Some(length) = self.length {
-            all.append(header::CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        let mut last = None;
-        for (name, value) in std::mem::take(map) {
-            // `None`: another value of the header before.
-            if let Some(name) = name {
-                last = Some(name);
-            }
-            if let Some(name) = &last {
-                all.append(name.clone(), value);
-            }
-        }
-        *map = all;
-    }
-}
-
-/// A response's headers, those still as read included (for tests).
-#[cfg(test)]
-pub fn all_headers<T>(response: &Response<T>) -> HeaderMap {
-    let mut map = response.headers().clone();
-    if let Some(app) = response.extensions().get::<AppHeaders>() {
-        app.clone().into_map(&mut map);
-    }
-    map
-}
-
-/// The header at `span` of `bytes`, its value a slice of them. `None` for a name that is
-/// not a header name, or a span outside `bytes`.
-///
-/// Spans are only made by [`HeaderSpans::of`], from where httparse found each header in a
-/// head, and are kept only with the bytes taken from that head ([`HeaderSpans::split`]
-/// checks the buffer by address and length; `of` refuses a part outside the head).
-fn span_header(bytes: &Bytes, span: &Span) -> Option<(HeaderName, HeaderValue)> {
-    let name = HeaderName::from_bytes(bytes.get(span_range(span.name_at, span.name_len))?).ok()?;
-    let range = span_range(span.value_at, span.value_len);
-    if range.end > bytes.len() {
-        return None;
-    }
-    // SAFETY: as above, the bytes are a value httparse accepted, and httparse accepts in a
-    // value exactly the bytes `HeaderValue` does (HTAB, SP to `~`, 0x80 to 0xFF). Checking
-    // them again, byte by byte, cost a tenth of the request's parse (a bearer token is long).
-    let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(range)) };
-    Some((name, value))
-}
-
-fn span_range(at: u32, len: u32) -> std::ops::Range<usize> {
-    at as usize..at as usize + len as usize
-}
-
-fn span_name<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
-    bytes.get(span_range(span.name_at, span.name_len)).unwrap_or_default()
-}
-
-fn span_value<'a>(bytes: &'a [u8], span: &Span) -> &'a [u8] {
-    bytes.get(span_range(span.value_at, span.value_len)).unwrap_or_default()
-}
-
-/// Where each header httparse found lies in the head it parsed (in storage of the
-/// caller's: [`HeaderSpans::STORAGE`]).
-pub struct HeaderSpans<'s> {
-    spans: &'s [Span],
-    /// Some span was not inside the head: no header is believed (see [`RawHead::headers`]).
-    broken: bool,
-    head_at: usize,
-    head_len: usize,
-}
-
-/// A head taken off the read buffer, and where each of its headers lies in it: its values
-/// are slices of the head's bytes rather than copies.
-pub struct RawHead<'s> {
-    pub bytes: Bytes,
-    spans: HeaderSpans<'s>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Span {
-    name_at: u32,
-    name_len: u32,
-    value_at: u32,
-    value_len: u32,
-}
-
-impl<'s> HeaderSpans<'s> {
-    pub const STORAGE: [Span; MAX_HEADERS] = [Span {
-        name_at: 0,
-        name_len: 0,
-        value_at: 0,
-        value_len: 0,
-    }; MAX_HEADERS];
-
-    /// `parsed` (at most [`MAX_HEADERS`]) as httparse found them in the first `head_len`
-    /// bytes of `head`.
-    pub fn of(
-        parsed: &[httparse::Header<'_>],
-        head: &[u8],
-        head_len: usize,
-        storage: &'s mut [Span; MAX_HEADERS],
-    ) -> HeaderSpans<'s> {
-        let base = head.as_ptr() as usize;
-        let head_len = head_len.min(head.len());
-        // Where `part` starts in the head, if it is in it (an empty part may point anywhere).
-        let at = |part: &[u8]| {
-            let at = (part.as_ptr() as usize).wrapping_sub(base);
-            match part.is_empty() {
-                true => Some(0),
-                false => (at < head_len && part.len() <= head_len - at).then_some(at),
-            }
-        };
-        let mut count = 0;
-        let mut broken = false;
-        for (span, h) in storage.iter_mut().zip(parsed) {
-            let (Some(name_at), Some(value_at)) = (at(h.name.as_bytes()), at(h.value)) else {
-                broken = true;
-                break;
-            };
-            // Offsets fit: a head is far shorter than 4 GiB.
-            *span = Span {
-                name_at: name_at as u32,
-                name_len: h.name.len() as u32,
-                value_at: value_at as u32,
-                value_len: h.value.len() as u32,
-            };
-            count += 1;
-        }
-        HeaderSpans {
-            spans: &storage[..count],
-            broken,
-            head_at: base,
-            head_len,
-        }
-    }
-
-    /// Takes the head off `buf`, the buffer the spans were taken in.
-    pub fn split(mut self, buf: &mut BytesMut) -> RawHead<'s> {
-        if buf.as_ptr() as usize != self.head_at || buf.len() < self.head_len {
-            // Not the bytes that were parsed.
-            self.broken = true;
-            return RawHead {
-                bytes: Bytes::new(),
-                spans: self,
-            };
-        }
-        RawHead {
-            bytes: buf.split_to(self.head_len).freeze(),
-            spans: self,
-        }
-    }
-}
-
-impl RawHead<'_> {
-    fn name(&self, span: &Span) -> &[u8] {
-        span_name(&self.bytes, span)
-    }
-
-    fn value(&self, span: &Span) -> &[u8] {
-        span_value(&self.bytes, span)
-    }
-
-    /// The headers in order; `None` for a name that is not a valid header name.
-    pub fn headers(&self) -> impl Iterator<Item = Option<(HeaderName, HeaderValue)>> + '_ {
-        let (spans, broken) = match self.spans.broken {
-            false => (self.spans.spans, None),
-            true => (&[][..], Some(None)),
-        };
-        broken
-            .into_iter()
-            .chain(spans.iter().map(|span| span_header(&self.bytes, span)))
-    }
-
-    /// How many headers the head has.
-    pub fn header_count(&self) -> usize {
-        self.spans.spans.len()
     }
 }
 
@@ -779,6 +545,12 @@ mod tests {
         parse_response_head(&mut buf, &method, false)
     }
 
+    fn all_headers(head: &Head) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        head.headers.clone().into_map(&mut map);
+        map
+    }
+
     fn framing(raw: &str) -> Result<Framing, ProtocolError> {
         head(raw, Method::GET).map(|h| h.expect("complete head").framing)
     }
@@ -835,8 +607,7 @@ mod tests {
         let raw = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Correlation-ID: app\r\nConnection: X-Hop\r\nx-hop: 1\r\nVary: Accept\r\nContent-Length: 2\r\n\r\nok";
         let mut buf = BytesMut::from(raw);
         let h = parse_response_head(&mut buf, &Method::GET, false).unwrap().unwrap();
-        assert!(h.response.headers().is_empty(), "nothing built yet");
-        let mut app = h.response.extensions().get::<AppHeaders>().unwrap().clone();
+        let mut app = h.headers;
         let read: Vec<(&[u8], &[u8])> = app.iter().collect();
         assert_eq!(
             read,
@@ -867,10 +638,10 @@ mod tests {
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: a\r\nX-App: b\r\n\r\nhello";
         let mut buf = BytesMut::from(raw);
         let h = parse_response_head(&mut buf, &Method::GET, false).unwrap().unwrap();
-        assert_eq!(h.response.status(), StatusCode::OK);
+        assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
-        let headers = all_headers(&h.response);
+        let headers = all_headers(&h);
         let apps: Vec<_> = headers.get_all("x-app").iter().collect();
         assert_eq!(apps, ["a", "b"]);
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
@@ -917,14 +688,14 @@ mod tests {
         let h = head(raw, Method::GET).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Chunked, "framing read before the header is dropped");
         assert!(h.keep_alive);
-        let headers = all_headers(&h.response);
+        let headers = all_headers(&h);
         let names: Vec<_> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-app"]);
         let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         let mut buf = BytesMut::from(raw);
         let h = parse_response_head(&mut buf, &Method::GET, true).unwrap().unwrap();
         assert_eq!(
-            all_headers(&h.response)["upgrade"],
+            all_headers(&h)["upgrade"],
             "websocket",
             "the protocol switched to stays"
         );
@@ -959,7 +730,7 @@ mod tests {
         let empty = head("HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", Method::GET)
             .unwrap()
             .unwrap();
-        assert_eq!(all_headers(&empty.response)["x-empty"], "");
+        assert_eq!(all_headers(&empty)["x-empty"], "");
         assert_eq!(
             head("HTTP/1.1 abc OK\r\n\r\n", Method::GET).err(),
             Some(ProtocolError::Head)
@@ -984,7 +755,7 @@ mod tests {
     fn interim_responses_are_skipped_and_close_is_honoured() {
         let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
         let h = head(raw, Method::POST).unwrap().unwrap();
-        assert_eq!(h.response.status(), StatusCode::CREATED);
+        assert_eq!(h.status, StatusCode::CREATED);
         assert!(!h.keep_alive);
         let old = head("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", Method::GET)
             .unwrap()
@@ -1005,7 +776,7 @@ mod tests {
         assert_eq!(head(raw, Method::GET).err(), Some(ProtocolError::UnaskedUpgrade));
         let mut buf = BytesMut::from(raw);
         let h = parse_response_head(&mut buf, &Method::GET, true).unwrap().unwrap();
-        assert_eq!(h.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(h.status, StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(h.framing, Framing::Empty);
         assert!(!h.keep_alive, "the connection belongs to the new protocol");
     }

@@ -9,9 +9,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use portcullis_wire::api_key;
 use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole};
 
-use crate::authz::Identity;
-use crate::headers::{X_AUTH_EMAIL, X_AUTH_ROLES, X_AUTH_SCOPES, X_AUTH_TEAMS, X_AUTH_USER};
-use crate::tls::CertIdentity;
+use super::authz::Identity;
+use super::certs::CertIdentity;
+use super::headers::{X_AUTH_EMAIL, X_AUTH_ROLES, X_AUTH_SCOPES, X_AUTH_TEAMS, X_AUTH_USER};
 
 /// Longest credential value looked at; longer ones are refused unread.
 const MAX_KEY_LEN: usize = 256;

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use arc_swap::ArcSwapOption;
 use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PolicyRule, Snapshot};
 
-use crate::authz::Matcher;
-use crate::identity::Directory;
-use crate::jwt::Verifier;
+use super::authz::Matcher;
+use super::identity::Directory;
+use super::jwt::Verifier;
 
 /// The pod the sidecar guards: which AccessPolicies apply to it.
 #[derive(Debug, Clone, Default)]
@@ -59,19 +59,23 @@ impl Compiled {
             .filter(|p| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
             .collect();
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut rules: Vec<PolicyRule> = Vec::new();
-        for policy in &policies {
-            Matcher::compile(&policy.rules).map_err(|bad| SnapshotError::BadGlob {
-                policy: policy.name.clone(),
+        // Compiled once, all policies' rules together; which policy a rule came from is
+        // only looked up to name a bad glob.
+        let rules: Vec<PolicyRule> = policies.iter().flat_map(|p| p.rules.iter().cloned()).collect();
+        let matcher = Matcher::compile(&rules).map_err(|bad| {
+            let mut first = 0;
+            let policy = policies
+                .iter()
+                .find(|p| {
+                    first += p.rules.len();
+                    bad.index < first
+                })
+                .map_or_else(String::new, |p| p.name.clone());
+            SnapshotError::BadGlob {
+                policy,
                 rule: bad.rule,
                 glob: bad.glob,
-            })?;
-            rules.extend(policy.rules.iter().cloned());
-        }
-        let matcher = Matcher::compile(&rules).map_err(|bad| SnapshotError::BadGlob {
-            policy: String::new(),
-            rule: bad.rule,
-            glob: bad.glob,
+            }
         })?;
         let cors = policies.iter().find_map(|p| p.cors.clone());
         let mut deprecated: Vec<ApiVersion> = policies
@@ -148,13 +152,13 @@ impl Current {
 
     /// Records that the source still says the snapshot in force is current.
     pub fn confirm(&self) {
-        self.confirmed_at.store(crate::unix_now(), Ordering::Relaxed);
+        self.confirmed_at.store(portcullis_wire::unix_now(), Ordering::Relaxed);
     }
 
     /// Seconds since the snapshot in force was last confirmed (fail-static staleness).
     pub fn age_seconds(&self) -> Option<i64> {
         self.load()?;
-        Some(crate::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
+        Some(portcullis_wire::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
     }
 }
 
@@ -207,10 +211,10 @@ mod tests {
         };
         let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
         assert_eq!(compiled.policies, ["shop/a-first", "shop/b-second"]);
-        let (path, _) = crate::path::normalize("/x").unwrap();
+        let (path, _) = crate::policy::path::normalize("/x").unwrap();
         let (rule, _) = compiled.matcher.find(portcullis_wire::HttpMethod::Get, &path).unwrap();
         assert_eq!(rule.name, "a");
-        let (anything, _) = crate::path::normalize("/y").unwrap();
+        let (anything, _) = crate::policy::path::normalize("/y").unwrap();
         assert!(
             compiled
                 .matcher
@@ -231,13 +235,26 @@ mod tests {
         current.install(&good, &pod(), 16).unwrap();
         let bad = Snapshot {
             revision: 6,
-            policies: vec![policy("p", "{}", r#"[{"name":"a","paths":["/x/**/y"]}]"#)],
+            policies: vec![
+                policy(
+                    "p",
+                    "{}",
+                    r#"[{"name":"a","paths":["/x"]},{"name":"b","paths":["/y"]}]"#,
+                ),
+                policy(
+                    "q",
+                    "{}",
+                    r#"[{"name":"c","paths":["/z"]},{"name":"d","paths":["/x/**/y"]}]"#,
+                ),
+            ],
             ..Default::default()
         };
-        assert!(matches!(
-            current.install(&bad, &pod(), 16),
-            Err(SnapshotError::BadGlob { .. })
-        ));
+        match current.install(&bad, &pod(), 16) {
+            Err(SnapshotError::BadGlob { policy, rule, glob }) => {
+                assert_eq!((policy.as_str(), rule.as_str(), glob.as_str()), ("q", "d", "/x/**/y"));
+            }
+            other => panic!("{:?}", other.err()),
+        }
         let older = Snapshot {
             revision: 4,
             ..good.clone()

@@ -1,0 +1,93 @@
+//! The snapshot feed: where policy snapshots come from — a file (standalone, tests) or the
+//! control plane (long poll) — and how each is installed. Neither ever blocks a request;
+//! when the feed fails the last good snapshot stays in force (fail-static).
+#![forbid(unsafe_code)]
+
+pub mod control_plane;
+pub mod file;
+
+use std::sync::Arc;
+
+use portcullis_wire::Snapshot;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::policy::snapshot::{Current, Pod};
+
+/// Where the feed installs snapshots: the snapshot in force, compiled for this pod, with
+/// every update counted.
+#[derive(Clone)]
+pub struct Installer {
+    pub current: Arc<Current>,
+    pub pod: Pod,
+    /// Bound of the verified-token cache of each compiled snapshot.
+    pub jwt_cache: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Installer {
+    /// Parses and installs one snapshot document from `origin`, recording the outcome.
+    pub fn apply(&self, bytes: &[u8], origin: &str) -> bool {
+        let snapshot: Snapshot = match serde_json::from_slice(bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.snapshot_updates.with_label_values(&["error"]).inc();
+                warn!(feed = origin, error = %e, "snapshot is not valid JSON; keeping the one in force");
+                return false;
+            }
+        };
+        match self.current.install(&snapshot, &self.pod, self.jwt_cache) {
+            Ok(problems) => {
+                for problem in problems {
+                    warn!(feed = origin, problem = %problem, "JWT key not usable");
+                }
+                self.metrics.snapshot_updates.with_label_values(&["installed"]).inc();
+                self.metrics.snapshot_revision.set(snapshot.revision);
+                info!(feed = origin, revision = snapshot.revision, "snapshot installed");
+                true
+            }
+            Err(e) => {
+                self.metrics.snapshot_updates.with_label_values(&["refused"]).inc();
+                warn!(feed = origin, error = %e, "snapshot refused; keeping the one in force");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An installer for a pod of namespace `shop`, with nothing installed yet.
+    pub fn installer() -> Installer {
+        Installer {
+            current: Arc::default(),
+            pod: Pod {
+                namespace: "shop".into(),
+                labels: Default::default(),
+            },
+            jwt_cache: 16,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    pub fn document(revision: i64) -> Vec<u8> {
+        serde_json::to_vec(&Snapshot {
+            revision,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bad_or_older_snapshot_keeps_the_one_in_force() {
+        let installer = installer();
+        assert!(installer.apply(&document(2), "test"));
+        assert!(!installer.apply(b"{\"revision\": 3, \"users\": 7", "test"));
+        assert!(!installer.apply(&document(1), "test"), "older");
+        assert_eq!(installer.current.load().unwrap().revision, 2);
+        let counted = |outcome: &str| installer.metrics.snapshot_updates.with_label_values(&[outcome]).get();
+        assert_eq!((counted("installed"), counted("error"), counted("refused")), (1, 1, 1));
+    }
+}
