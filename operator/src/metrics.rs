@@ -93,7 +93,7 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(revision.clone()),
             Box::new(database_up.clone()),
-            Box::new(DatabaseErrors::new(store_errors.clone())),
+            Box::new(DatabaseErrors::new(store_errors.clone()).expect("valid metric")),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -168,15 +168,14 @@ struct DatabaseErrors {
 }
 
 impl DatabaseErrors {
-    fn new(counts: Arc<OnceLock<Arc<ErrorCounts>>>) -> Self {
+    fn new(counts: Arc<OnceLock<Arc<ErrorCounts>>>) -> prometheus::Result<Self> {
         let desc = Desc::new(
             DATABASE_ERRORS.into(),
             DATABASE_ERRORS_HELP.into(),
             vec!["cause".into(), "result".into()],
             Default::default(),
-        )
-        .expect("valid metric");
-        DatabaseErrors { desc, counts }
+        )?;
+        Ok(DatabaseErrors { desc, counts })
     }
 }
 

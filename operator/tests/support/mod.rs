@@ -311,7 +311,7 @@ pub async fn converge_until_ready(
                     .filter(|s| s.ready != "True")
                     .map(|s| s.to_string())
                     .collect(),
-                Err(e) => vec![e.clone()],
+                Err(e) => vec![e.to_string()],
             };
             panic!("not converged within {within:?}: {not_ready:#?}");
         }
