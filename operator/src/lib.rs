@@ -6,6 +6,7 @@
 //! - [`bootstrap`]: built-in roles and the first administrator.
 //! - [`credentials`]: API keys, password hashes, digests.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the health/metrics HTTP port.
+//! - [`health`]: whether the database answers (readiness, `database_up`).
 //! - [`leader`]: leader election, so that one replica reconciles.
 //! - [`local`]: local mode, the control plane without a cluster.
 
@@ -14,6 +15,7 @@ pub mod bootstrap;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+pub mod health;
 pub mod leader;
 pub mod local;
 pub mod metrics;

@@ -173,34 +173,13 @@ async fn run(
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|e| Fatal::Other(format!("bind {admin_addr}: {e}")))?;
-    let readiness = {
-        let (store, synced) = (store.clone(), synced.clone());
-        admin::Readiness::new(move || {
-            let (store, synced) = (store.clone(), synced.clone());
-            async move {
-                store.revision().await.map_err(|e| format!("database: {e}"))?;
-                if synced.is_synced() {
-                    Ok(())
-                } else {
-                    Err("controller caches not synced yet".to_string())
-                }
-            }
-        })
-    };
+    let readiness = portcullis_operator::health::readiness(store.clone(), metrics.clone(), Some(synced.clone()));
     // Database gauges, refreshed in the background so that a scrape never waits on SQL.
-    {
-        let (store, metrics) = (store.clone(), metrics.clone());
-        tokio::spawn(async move {
-            loop {
-                let (open, idle) = store.pool_stats();
-                metrics.set_pool(open, idle);
-                if let Ok(revision) = store.revision().await {
-                    metrics.set_revision(revision);
-                }
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
-    }
+    tokio::spawn(portcullis_operator::health::watch(
+        store.clone(),
+        metrics.clone(),
+        portcullis_operator::health::PROBE_PERIOD,
+    ));
     let state = AdminState {
         metrics: metrics.clone(),
         ready: readiness,

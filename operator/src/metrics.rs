@@ -1,10 +1,15 @@
 //! The operator's Prometheus metrics, in a registry of its own.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::store::{Cause, ErrorCounts, Store};
 
 /// Reconcile and database figures, rendered at `/metrics`.
 pub struct Metrics {
@@ -15,6 +20,8 @@ pub struct Metrics {
     pool: IntGaugeVec,
     leader: IntGauge,
     revision: IntGauge,
+    database_up: IntGauge,
+    store_errors: Arc<OnceLock<Arc<ErrorCounts>>>,
 }
 
 impl Default for Metrics {
@@ -75,6 +82,12 @@ impl Metrics {
             "Current revision of the database.",
         )
         .expect("valid metric");
+        let database_up = IntGauge::new(
+            "portcullis_operator_database_up",
+            "1 when the database answered the last probe (every 5 s and at each /readyz), 0 when it did not.",
+        )
+        .expect("valid metric");
+        let store_errors = Arc::new(OnceLock::new());
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -82,6 +95,8 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(leader.clone()),
             Box::new(revision.clone()),
+            Box::new(database_up.clone()),
+            Box::new(DatabaseErrors::new(store_errors.clone()).expect("valid metric")),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -93,7 +108,19 @@ impl Metrics {
             pool,
             leader,
             revision,
+            database_up,
+            store_errors,
         }
+    }
+
+    /// Reports `store`'s database errors (`portcullis_operator_database_errors_total`).
+    /// The first store observed is the one reported.
+    pub fn observe_store(&self, store: &Store) {
+        let _ = self.store_errors.set(store.error_counts());
+    }
+
+    pub fn set_database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
     }
 
     /// Starts timing a reconcile of `controller`.
@@ -129,6 +156,51 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+const DATABASE_ERRORS: &str = "portcullis_operator_database_errors_total";
+const DATABASE_ERRORS_HELP: &str =
+    "Database errors met by the operator's transactions, by cause, retried or failed (handed to the caller).";
+
+/// `portcullis_operator_database_errors_total`, read from the store's counters at each
+/// scrape (the store counts with atomics and knows nothing of Prometheus).
+struct DatabaseErrors {
+    desc: Desc,
+    counts: Arc<OnceLock<Arc<ErrorCounts>>>,
+}
+
+impl DatabaseErrors {
+    fn new(counts: Arc<OnceLock<Arc<ErrorCounts>>>) -> prometheus::Result<Self> {
+        let desc = Desc::new(
+            DATABASE_ERRORS.into(),
+            DATABASE_ERRORS_HELP.into(),
+            vec!["cause".into(), "result".into()],
+            Default::default(),
+        )?;
+        Ok(DatabaseErrors { desc, counts })
+    }
+}
+
+impl Collector for DatabaseErrors {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(counts) = self.counts.get() else {
+            return Vec::new();
+        };
+        let Ok(vec) = IntCounterVec::new(Opts::new(DATABASE_ERRORS, DATABASE_ERRORS_HELP), &["cause", "result"]) else {
+            return Vec::new();
+        };
+        for cause in Cause::ALL {
+            vec.with_label_values(&[cause.as_str(), "retried"])
+                .inc_by(counts.retried(cause));
+            vec.with_label_values(&[cause.as_str(), "failed"])
+                .inc_by(counts.failed(cause));
+        }
+        vec.collect()
     }
 }
 
@@ -182,5 +254,26 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn renders_database_health_and_errors_by_cause() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("portcullis_operator_database_errors_total"));
+        let config = crate::store::DbConfig::from_url("sqlite::memory:").unwrap();
+        let store = Store::open(&config).await.unwrap();
+        m.observe_store(&store);
+        m.set_database_up(false);
+        let text = m.render();
+        for line in [
+            "portcullis_operator_database_up 0",
+            r#"portcullis_operator_database_errors_total{cause="node_not_ready",result="retried"} 0"#,
+            r#"portcullis_operator_database_errors_total{cause="connection",result="failed"} 0"#,
+            "# TYPE portcullis_operator_database_errors_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        m.set_database_up(true);
+        assert!(m.render().lines().any(|l| l == "portcullis_operator_database_up 1"));
     }
 }

@@ -1,7 +1,9 @@
 //! The store suite, written once and run on SQLite, PostgreSQL and MariaDB/MySQL.
 //!
-//! SQLite runs always. PostgreSQL and MySQL run when `TEST_POSTGRES_URL` /
-//! `TEST_MYSQL_URL` are set at build time (CI sets them); otherwise they show as ignored.
+//! SQLite runs always. PostgreSQL, MySQL and Galera (through its first node) run when
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` / `TEST_GALERA_URLS` are set at build time (CI
+//! sets them); otherwise they show as ignored. Galera through several nodes at once,
+//! and with nodes failing, is in `galera.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -51,6 +53,17 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let db = super::TestDb::new(super::Kind::MySql, stringify!($test)).await;
+                    super::$test(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod galera {
+            $(
+                #[cfg_attr(not(portcullis_test_galera), ignore = "set TEST_GALERA_URLS to run on a Galera cluster")]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let db = super::TestDb::new(super::Kind::Galera, stringify!($test)).await;
                     super::$test(&db.store).await;
                     db.finish().await;
                 }
@@ -740,6 +753,17 @@ async fn postgres_deadlocks_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_deadlocks_are_retried() {
     let db = TestDb::new(Kind::MySql, "deadlocks_are_retried").await;
+    deadlocks_are_retried(&db.url).await;
+    db.finish().await;
+}
+
+#[cfg_attr(
+    not(portcullis_test_galera),
+    ignore = "set TEST_GALERA_URLS to run on a Galera cluster"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn galera_deadlocks_are_retried() {
+    let db = TestDb::new(Kind::Galera, "deadlocks_are_retried").await;
     deadlocks_are_retried(&db.url).await;
     db.finish().await;
 }

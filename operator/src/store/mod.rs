@@ -21,7 +21,7 @@
 /// closures lose `Send` through higher-ranked lifetimes, and reconcilers spawn these.
 macro_rules! versioned_write {
     ($store:ident, $what:expr, |$tx:ident| $body:block) => {
-        $crate::store::with_retry($store.retry, $what, || async {
+        $crate::store::with_retry_counted($store.retry, Some(&$store.errors), $what, || async {
             let mut write = $store.begin_write().await?;
             let changed: $crate::store::Result<bool> = async {
                 let $tx = &mut write.tx;
@@ -38,7 +38,7 @@ macro_rules! versioned_write {
 /// (audit, session book-keeping: nothing a snapshot holds), retried on transient errors.
 macro_rules! unversioned_write {
     ($store:ident, $what:literal, |$tx:ident| $body:block) => {
-        $crate::store::with_retry($store.retry, $what, || async {
+        $crate::store::with_retry_counted($store.retry, Some(&$store.errors), $what, || async {
             let mut tx = $store.pool.begin().await?;
             let value: $crate::store::Result<_> = async {
                 let $tx = &mut tx;
@@ -67,6 +67,7 @@ mod teams;
 mod users;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyArguments, AnyPoolOptions};
@@ -78,7 +79,7 @@ pub use audit::AuditEvent;
 pub use config::{Backend, DbConfig, default_pool_size};
 pub use error::{ConfigError, Result, StoreError};
 pub use policies::PolicyRow;
-pub use retry::{RetryPolicy, is_transient, with_retry};
+pub use retry::{Cause, ErrorCounts, RetryPolicy, cause, is_transient, with_retry, with_retry_counted};
 pub use roles::{RoleRow, builtin_role, builtin_roles};
 pub use sessions::{ResetTokenRow, SessionRow};
 pub use sources::SourceRow;
@@ -127,6 +128,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     retry: RetryPolicy,
+    /// Database errors met by this store's transactions (shared by its clones).
+    errors: Arc<ErrorCounts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,14 +188,18 @@ impl Store {
                 }
             }
         }
-        let sqlite = config.backend == Backend::Sqlite;
+        let backend = config.backend;
         let pool = AnyPoolOptions::new()
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if sqlite {
+                    match backend {
                         // With WAL, NORMAL is safe against crashes of the process and
                         // fsyncs at checkpoints instead of at every commit.
-                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                        Backend::Sqlite => {
+                            sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Backend::MySql => galera_session(conn).await?,
+                        Backend::Postgres => {}
                     }
                     Ok(())
                 })
@@ -210,6 +217,7 @@ impl Store {
             pool,
             backend: config.backend,
             retry: RetryPolicy::default(),
+            errors: Arc::default(),
         })
     }
 
@@ -235,6 +243,11 @@ impl Store {
         self.backend
     }
 
+    /// Database errors this store's transactions met, by cause.
+    pub fn error_counts(&self) -> Arc<ErrorCounts> {
+        self.errors.clone()
+    }
+
     /// Pool figures for metrics: (open connections, idle connections).
     pub fn pool_stats(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
@@ -251,6 +264,50 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(revision)
+    }
+
+    /// On a Galera node, why it is not serving: `None` when it is Synced and in the
+    /// primary component (or the server is no Galera node, or cannot say), else the
+    /// node's state in words. A node without quorum refuses statements with 1047
+    /// ("WSREP has not yet prepared node") but causal reads with 1205 ("Lock wait
+    /// timeout"), which says nothing about quorum: this is what tells them apart.
+    pub async fn galera_trouble(&self) -> Option<String> {
+        if self.backend != Backend::MySql {
+            return None;
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ok()?;
+        let get = |name: &str| {
+            rows.iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let (ready, cluster, state) = (
+            get("wsrep_ready")?,
+            get("wsrep_cluster_status")?,
+            get("wsrep_local_state_comment")?,
+        );
+        (ready != "ON" || cluster != "Primary" || state != "Synced").then(|| {
+            format!("Galera node not ready: wsrep_ready={ready}, wsrep_cluster_status={cluster}, wsrep_local_state_comment={state}")
+        })
+    }
+
+    /// Why a new connection cannot be made right now ("Connection refused", "the
+    /// database system is shutting down"), or `None` when one can: what a pool that
+    /// timed out waiting for a connection does not say.
+    pub async fn connect_trouble(&self) -> Option<String> {
+        use sqlx::ConnectOptions;
+        match self.pool.connect_options().connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                None
+            }
+            Err(err) => Some(one_line(&err)),
+        }
     }
 
     /// Builds a statement written with `?` placeholders for this backend.
@@ -409,6 +466,22 @@ impl WriteTx {
             })
         }
     }
+}
+
+/// On a Galera node, makes this session's reads causal: a read waits until the node has
+/// applied every write the cluster committed before it, so that what one operator
+/// replica wrote through one node is what another reads through the next (the snapshot
+/// a sidecar gets never goes back in time, a lock-free "already up to date" check never
+/// sees a stale row). Sets bit 1 (READ) of `wsrep_sync_wait`, keeping any other bits
+/// the server's configuration sets. Nothing on a server without Galera.
+async fn galera_session(conn: &mut AnyConnection) -> std::result::Result<(), sqlx::Error> {
+    let wsrep: Option<(String, String)> = sqlx::query_as("SHOW VARIABLES LIKE 'wsrep_on'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    if wsrep.is_some_and(|(_, value)| value.eq_ignore_ascii_case("ON")) {
+        sqlx::Executor::execute(&mut *conn, "SET SESSION wsrep_sync_wait = @@wsrep_sync_wait | 1").await?;
+    }
+    Ok(())
 }
 
 /// Whether a connection error may go away by itself (server starting, network, too

@@ -7,56 +7,156 @@
 //! transaction is run again, so every store write runs inside [`with_retry`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::error::DatabaseError;
 
 use super::error::StoreError;
 
-/// PostgreSQL / MySQL SQLSTATEs that mean "run the transaction again".
-const TRANSIENT_SQLSTATES: &[&str] = &[
-    "40001", // serialization_failure; MySQL's ER_LOCK_DEADLOCK (1213) reports it too
-    "40P01", // PostgreSQL deadlock_detected
-    "57P03", // PostgreSQL cannot_connect_now (starting up, recovering)
-];
-
-/// MySQL / MariaDB error numbers that mean "run the transaction again".
-const TRANSIENT_MYSQL_ERRORS: &[u16] = &[
-    1205, // ER_LOCK_WAIT_TIMEOUT
-    1213, // ER_LOCK_DEADLOCK (also Galera certification failures)
-    1047, // ER_UNKNOWN_COM_ERROR: Galera's "WSREP has not yet prepared node"
-];
-
-/// SQLite primary result codes: SQLITE_BUSY, SQLITE_LOCKED.
-const TRANSIENT_SQLITE_CODES: &[i64] = &[5, 6];
+/// MySQL / MariaDB error numbers.
+const MYSQL_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// ER_LOCK_DEADLOCK, SQLSTATE 40001: also how Galera reports a certification failure.
+const MYSQL_DEADLOCK: u16 = 1213;
+/// ER_UNKNOWN_COM_ERROR, SQLSTATE 08S01: Galera's "WSREP has not yet prepared node".
+const MYSQL_UNKNOWN_COM_ERROR: u16 = 1047;
+const MYSQL_SERVER_SHUTDOWN: u16 = 1053;
+const MYSQL_CONNECTION_KILLED: u16 = 1927;
+const MYSQL_QUERY_INTERRUPTED: u16 = 1317;
 
 /// Whether a database error is worth retrying.
 pub fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => is_transient_database_error(db.as_ref()),
-        // The connection dropped: the database may be restarting or failing over.
-        // (`PoolTimedOut` is not retried here: the pool has already waited.)
-        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
-        _ => false,
+    cause(err).is_transient()
+}
+
+/// Why a database operation failed: a bounded label for metrics and logs, and what
+/// decides whether the transaction is run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// A deadlock, or (Galera) a transaction that lost certification to a write made
+    /// through another node, or was aborted by one being applied: MySQL error 1213.
+    Deadlock,
+    /// PostgreSQL serialization failure.
+    Serialization,
+    /// MySQL lock wait timeout (1205).
+    LockTimeout,
+    /// Galera: the node is not part of the primary component (lost quorum, isolated,
+    /// joining): "WSREP has not yet prepared node for application use" (1047).
+    NodeNotReady,
+    /// PostgreSQL is starting up or recovering (57P03).
+    StartingUp,
+    /// SQLite: the database is busy or locked.
+    Busy,
+    /// The connection broke (server gone, restarted, connection killed).
+    Connection,
+    /// No pooled connection within the acquire timeout: the server does not accept
+    /// connections (the pool has already waited, so this is not retried).
+    PoolTimeout,
+    /// Anything else the database said: not retried.
+    Other,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 9] = [
+        Cause::Deadlock,
+        Cause::Serialization,
+        Cause::LockTimeout,
+        Cause::NodeNotReady,
+        Cause::StartingUp,
+        Cause::Busy,
+        Cause::Connection,
+        Cause::PoolTimeout,
+        Cause::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Deadlock => "deadlock",
+            Cause::Serialization => "serialization",
+            Cause::LockTimeout => "lock_timeout",
+            Cause::NodeNotReady => "node_not_ready",
+            Cause::StartingUp => "starting_up",
+            Cause::Busy => "busy",
+            Cause::Connection => "connection",
+            Cause::PoolTimeout => "pool_timeout",
+            Cause::Other => "other",
+        }
+    }
+
+    /// Whether running the whole transaction again may succeed.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, Cause::PoolTimeout | Cause::Other)
     }
 }
 
-fn is_transient_database_error(db: &dyn DatabaseError) -> bool {
+/// Classifies a database error.
+pub fn cause(err: &sqlx::Error) -> Cause {
+    match err {
+        sqlx::Error::Database(db) => database_cause(db.as_ref()),
+        // The connection dropped: the database may be restarting or failing over.
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => Cause::Connection,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Cause::PoolTimeout,
+        _ => Cause::Other,
+    }
+}
+
+fn database_cause(db: &dyn DatabaseError) -> Cause {
     if db.message().contains("WSREP") {
-        return true;
+        return Cause::NodeNotReady;
     }
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return TRANSIENT_MYSQL_ERRORS.contains(&my.number());
+        return match my.number() {
+            MYSQL_DEADLOCK => Cause::Deadlock,
+            MYSQL_LOCK_WAIT_TIMEOUT => Cause::LockTimeout,
+            MYSQL_UNKNOWN_COM_ERROR => Cause::NodeNotReady,
+            // The server is shutting down or killed this connection's query/connection.
+            MYSQL_SERVER_SHUTDOWN | MYSQL_CONNECTION_KILLED | MYSQL_QUERY_INTERRUPTED => Cause::Connection,
+            _ => Cause::Other,
+        };
     }
     let code = db.code();
     let code = code.as_deref().unwrap_or("");
     if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
         // Extended result codes carry the primary code in their low byte.
-        return code
-            .parse::<i64>()
-            .is_ok_and(|c| TRANSIENT_SQLITE_CODES.contains(&(c & 0xff)));
+        return match code.parse::<i64>().map(|c| c & 0xff) {
+            Ok(5 | 6) => Cause::Busy, // SQLITE_BUSY, SQLITE_LOCKED
+            _ => Cause::Other,
+        };
     }
-    TRANSIENT_SQLSTATES.contains(&code)
+    match code {
+        "40001" => Cause::Serialization,
+        "40P01" => Cause::Deadlock,
+        "57P03" => Cause::StartingUp,
+        // admin_shutdown, crash_shutdown: the server is going down (pg_ctl stop -m fast,
+        // pg_terminate_backend); the next connection may reach it again.
+        "57P01" | "57P02" => Cause::Connection,
+        _ => Cause::Other,
+    }
+}
+
+/// Errors met by a store's transactions, by cause: retried, or given up on (handed to
+/// the caller). Shared by every clone of a `Store`; read by the operator's metrics.
+#[derive(Debug, Default)]
+pub struct ErrorCounts {
+    retried: [AtomicU64; Cause::ALL.len()],
+    failed: [AtomicU64; Cause::ALL.len()],
+}
+
+impl ErrorCounts {
+    /// How many times a transaction was run again after this cause.
+    pub fn retried(&self, cause: Cause) -> u64 {
+        self.retried[cause as usize].load(Ordering::Relaxed)
+    }
+
+    /// How many transactions failed for good with this cause.
+    pub fn failed(&self, cause: Cause) -> u64 {
+        self.failed[cause as usize].load(Ordering::Relaxed)
+    }
+
+    fn record(&self, cause: Cause, retried: bool) {
+        let counts = if retried { &self.retried } else { &self.failed };
+        counts[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How often and how patiently to retry.
@@ -93,7 +193,21 @@ impl RetryPolicy {
 
 /// Runs `op` until it succeeds, fails with a non-transient error, or `policy` runs out.
 /// `op` must be a whole transaction: each call starts from scratch.
-pub async fn with_retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, StoreError>
+pub async fn with_retry<T, F, Fut>(policy: RetryPolicy, what: &str, op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    with_retry_counted(policy, None, what, op).await
+}
+
+/// [`with_retry`], counting the database errors met in `counts`.
+pub async fn with_retry_counted<T, F, Fut>(
+    policy: RetryPolicy,
+    counts: Option<&ErrorCounts>,
+    what: &str,
+    mut op: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -101,9 +215,20 @@ where
     let mut attempt = 0;
     loop {
         match op().await {
-            Err(err) if err.is_transient() && attempt + 1 < policy.max_attempts => {
+            Err(StoreError::Database(err)) => {
+                let cause = cause(&err);
+                let retry = cause.is_transient() && attempt + 1 < policy.max_attempts;
+                if let Some(counts) = counts {
+                    counts.record(cause, retry);
+                }
+                if !retry {
+                    if cause.is_transient() {
+                        tracing::warn!(operation = what, attempts = attempt + 1, cause = cause.as_str(), error = %err, "database error persisted through every retry");
+                    }
+                    return Err(StoreError::Database(err));
+                }
                 let wait = policy.backoff(attempt);
-                tracing::debug!(operation = what, attempt, ?wait, error = %err, "transient database error, retrying");
+                tracing::debug!(operation = what, attempt, ?wait, cause = cause.as_str(), error = %err, "transient database error, retrying");
                 attempt += 1;
                 tokio::time::sleep(wait).await;
             }
@@ -117,7 +242,7 @@ mod tests {
     use std::borrow::Cow;
     use std::error::Error as StdError;
     use std::fmt;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use sqlx::error::ErrorKind;
 
@@ -188,6 +313,71 @@ mod tests {
         assert!(!is_transient(&db_error("28P01", "password authentication failed")));
         assert!(!is_transient(&db_error("42601", "syntax error")));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn causes_name_what_went_wrong() {
+        assert_eq!(
+            cause(&db_error(
+                "08S01",
+                "WSREP has not yet prepared node for application use"
+            )),
+            Cause::NodeNotReady
+        );
+        assert_eq!(
+            cause(&db_error("40001", "could not serialize access")),
+            Cause::Serialization
+        );
+        assert_eq!(cause(&db_error("40P01", "deadlock detected")), Cause::Deadlock);
+        assert_eq!(
+            cause(&db_error("57P03", "the database system is starting up")),
+            Cause::StartingUp
+        );
+        assert_eq!(
+            cause(&db_error(
+                "57P01",
+                "terminating connection due to administrator command"
+            )),
+            Cause::Connection,
+            "a server shutting down or a terminated backend: the next connection may work"
+        );
+        assert_eq!(cause(&sqlx::Error::PoolTimedOut), Cause::PoolTimeout);
+        assert_eq!(cause(&sqlx::Error::WorkerCrashed), Cause::Connection);
+        assert_eq!(cause(&db_error("23505", "duplicate key")), Cause::Other);
+        let labels: std::collections::BTreeSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), Cause::ALL.len(), "one label per cause");
+        for (i, c) in Cause::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "ALL is in declaration order (counts are indexed by it)");
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_retried_and_failed_errors_by_cause() {
+        let counts = ErrorCounts::default();
+        let calls = AtomicU32::new(0);
+        let result = with_retry_counted(fast(), Some(&counts), "test", || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(StoreError::Database(db_error("40001", "Deadlock found"))),
+                1 => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+                _ => Ok(()),
+            }
+        })
+        .await;
+        assert!(result.is_ok());
+        let failed: Result<(), _> = with_retry_counted(fast(), Some(&counts), "test", || async {
+            Err(StoreError::Database(sqlx::Error::PoolTimedOut))
+        })
+        .await;
+        assert!(failed.is_err());
+        assert_eq!(counts.retried(Cause::Serialization), 1);
+        assert_eq!(counts.retried(Cause::Connection), 1);
+        assert_eq!(
+            counts.failed(Cause::PoolTimeout),
+            1,
+            "not retried: the pool already waited"
+        );
+        assert_eq!(counts.retried(Cause::PoolTimeout), 0);
+        assert_eq!(counts.failed(Cause::Serialization), 0);
     }
 
     fn fast() -> RetryPolicy {
