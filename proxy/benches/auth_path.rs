@@ -62,6 +62,7 @@ fn snapshot() -> Snapshot {
         .collect();
     Snapshot {
         revision: 1,
+        epoch: String::new(),
         generated_at: 0,
         roles: vec![RoleEntry {
             name: "viewer".into(),

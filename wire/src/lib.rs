@@ -6,6 +6,7 @@
 //! which is why they carry optional `schemars` derives (feature `schema`): one
 //! definition, so the CRD and the enforcement can never disagree on a field.
 
+pub mod api;
 pub mod api_key;
 pub mod glob;
 pub mod policy;

@@ -11,6 +11,10 @@ use crate::policy::{ApiVersions, Cors, LabelSelector, PolicyRule, RateLimit, Tea
 pub struct Snapshot {
     /// Monotonic revision: every write to the control plane's database bumps it.
     pub revision: i64,
+    /// The epoch of the control plane's database (see [`crate::api`]): a revision is
+    /// compared only with revisions of the same epoch. Empty from a snapshot file.
+    #[serde(default)]
+    pub epoch: String,
     /// Unix seconds at which the snapshot was read.
     pub generated_at: i64,
     pub roles: Vec<RoleEntry>,

@@ -148,6 +148,8 @@ impl Store {
         tx.commit().await?;
         Ok(Snapshot {
             revision,
+            // The epoch table arrives with the control-plane API.
+            epoch: String::new(),
             generated_at: now,
             roles,
             users,

@@ -374,6 +374,7 @@ mod tests {
     fn directory() -> Directory {
         let snapshot = Snapshot {
             revision: 7,
+            epoch: String::new(),
             generated_at: NOW,
             roles: vec![RoleEntry {
                 name: "viewer".into(),
