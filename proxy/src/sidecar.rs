@@ -79,14 +79,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(ca) => Some(ForwardedCertVerifier::new(tls::read_certificates(ca)?)?),
         None => None,
     };
-    let tls_acceptor = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
-        (Some(_), Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(
-            cert,
-            key,
-            config.client_ca.as_deref(),
-            config.client_auth,
-        )?)),
-        _ => None,
+    let (tls_acceptor, cert_files) = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let files = tls::CertFiles::load(cert, key)?;
+            let acceptor = TlsAcceptor::from(tls::reloading_server_config(
+                files.clone(),
+                config.client_ca.as_deref(),
+                config.client_auth,
+            )?);
+            (Some(acceptor), Some(files))
+        }
+        _ => (None, None),
     };
     let proxy = Arc::new(Proxy {
         gate: Gate {
@@ -139,11 +142,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         // Before accepting: a sidecar that listens already enforces its policy.
         installer.apply(&bytes, &path.display().to_string());
     }
-    let mut background = vec![tokio::spawn(admin::serve(
+    let mut background = Vec::new();
+    if let Some(files) = cert_files {
+        // cert-manager (or the operator) rotates the mounted files: served without a restart.
+        background.push(tokio::spawn(files.watch(config.tls_reload)));
+    }
+    background.push(tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
         current.clone(),
-    ))];
+    )));
     background.push(match (&config.snapshot_file, &config.control_plane) {
         (Some(path), _) => tokio::spawn(feed::file::watch(path.clone(), Duration::from_secs(1), installer)),
         (None, Some(base)) => tokio::spawn(feed::control_plane::poll(
