@@ -24,14 +24,23 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_listen")]
     pub tls_key: Option<PathBuf>,
+    /// How often the TLS certificate and key files are checked for a rotated pair, seconds.
+    #[arg(long, env = "PORTCULLIS_TLS_RELOAD_SECONDS", default_value = "10", value_parser = seconds)]
+    pub tls_reload: Duration,
     /// CA bundle for client certificates: on the TLS listener, and for X-Client-Cert.
     #[arg(long, env = "PORTCULLIS_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
     /// Client certificates on the TLS listener: none, optional or required.
     #[arg(long, env = "PORTCULLIS_CLIENT_AUTH", default_value = "none")]
     pub client_auth: ClientAuth,
-    /// Admin listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    /// Admin listener: /metrics, /healthz, /readyz. Loopback by default (local use); an
+    /// injected sidecar listens on 0.0.0.0:9090 for the kubelet's probes and Prometheus.
+    #[arg(
+        long,
+        visible_alias = "admin-addr",
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9901"
+    )]
     pub admin_listen: SocketAddr,
 
     /// The app, on localhost (e.g. http://127.0.0.1:3000).

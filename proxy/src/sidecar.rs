@@ -84,14 +84,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(ca) => Some(ForwardedCertVerifier::new(tls::read_certificates(ca)?)?),
         None => None,
     };
-    let tls_acceptor = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
-        (Some(_), Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(
-            cert,
-            key,
-            config.client_ca.as_deref(),
-            config.client_auth,
-        )?)),
-        _ => None,
+    let (tls_acceptor, cert_files) = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let files = tls::CertFiles::load(cert, key)?;
+            let acceptor = TlsAcceptor::from(tls::reloading_server_config(
+                files.clone(),
+                config.client_ca.as_deref(),
+                config.client_auth,
+            )?);
+            (Some(acceptor), Some(files))
+        }
+        _ => (None, None),
     };
     let control_plane = match &config.control_plane {
         Some(url) => Some(Endpoint::new(
@@ -171,6 +174,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     {
         // Before accepting: a sidecar that listens already enforces its policy.
         installer.apply(&bytes, &path.display().to_string());
+    }
+    if let Some(files) = cert_files {
+        // cert-manager (or the operator) rotates the mounted files: served without a restart.
+        background.push(tokio::spawn(files.watch(config.tls_reload)));
     }
     background.push(tokio::spawn(admin::serve(
         admin_listener,
