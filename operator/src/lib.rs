@@ -9,6 +9,7 @@
 //! - [`health`]: whether the database answers (readiness, `database_up`).
 //! - [`leader`]: leader election, so that one replica reconciles.
 //! - [`local`]: local mode, the control plane without a cluster.
+//! - [`tokens`]: the token service (login, refresh, logout, sessions, passwords, JWKS).
 
 pub mod admin;
 pub mod bootstrap;
@@ -20,3 +21,4 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod store;
+pub mod tokens;
