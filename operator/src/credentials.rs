@@ -71,6 +71,20 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(hasher().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
+/// argon2id with the given parameters (the token service's settings).
+pub fn hash_password_with(password: &str, params: &Params) -> Result<String, argon2::password_hash::Error> {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let salt = SaltString::encode_b64(&raw)?;
+    let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    Ok(hasher.hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// The parameters [`hash_password`] uses (OWASP's: 19 MiB, 2 iterations, 1 lane).
+pub fn default_hash_params() -> Params {
+    Params::new(19 * 1024, 2, 1, None).unwrap_or_default()
+}
+
 /// Why a password could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {

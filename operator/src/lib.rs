@@ -9,6 +9,7 @@
 //! - [`health`]: whether the database answers (readiness, `database_up`).
 //! - [`leader`]: leader election, so that one replica reconciles.
 //! - [`local`]: local mode, the control plane without a cluster.
+//! - [`tokens`]: the token service (login, refresh, logout, sessions, passwords, JWKS).
 //! - [`webhook`]: the sidecar injection webhook and its TLS.
 
 pub mod admin;
@@ -21,4 +22,5 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod store;
+pub mod tokens;
 pub mod webhook;

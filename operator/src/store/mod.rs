@@ -64,6 +64,7 @@ mod sessions;
 mod snapshot;
 mod sources;
 mod teams;
+mod tokens;
 mod users;
 
 use std::future::Future;
@@ -82,8 +83,10 @@ pub use policies::PolicyRow;
 pub use retry::{Cause, ErrorCounts, RetryPolicy, cause, is_transient, with_retry, with_retry_counted};
 pub use roles::{RoleRow, builtin_role, builtin_roles};
 pub use sessions::{ResetTokenRow, SessionRow};
+pub use snapshot::{MAX_ACCESS_TOKEN_SECS, TOKEN_AUDIENCE, TOKEN_LEEWAY_SECS};
 pub use sources::SourceRow;
 pub use teams::TeamRow;
+pub use tokens::{AuthSession, RefreshOutcome, SigningKeyRow, ThrottleState};
 pub use users::{PasswordRow, UserRow};
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

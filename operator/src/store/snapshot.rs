@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_wire::{ApiKeyEntry, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry};
+use portcullis_wire::{
+    ApiKeyEntry, ClaimSource, JwtIssuer, JwtKey, RoleEntry, Snapshot, SourceEntry, TeamMembership, UserEntry,
+};
 use sqlx::Row;
 
 use super::api_keys::{decode_api_key, select_keys};
@@ -14,6 +16,20 @@ use super::{Backend, Result, Store};
 
 /// Revoked API keys stay in snapshots this long, so that a refusal can say "revoked".
 const REVOKED_KEY_MEMORY_SECS: i64 = 24 * 3600;
+
+/// A revoked session matters to sidecars only while an access token issued before the
+/// revocation can be valid: access tokens live at most [`MAX_ACCESS_TOKEN_SECS`], plus
+/// the sidecar's leeway. Beyond that the list would only grow.
+const REVOKED_SESSION_MEMORY_SECS: i64 = MAX_ACCESS_TOKEN_SECS + 300;
+
+/// The longest access-token lifetime the token service accepts as a setting.
+pub const MAX_ACCESS_TOKEN_SECS: i64 = 3600;
+
+/// The `aud` of the token service's access tokens, and the audience snapshots give its issuer.
+pub const TOKEN_AUDIENCE: &str = "portcullis";
+
+/// Clock skew sidecars allow on our tokens' `exp`.
+pub const TOKEN_LEEWAY_SECS: u32 = 30;
 
 impl Store {
     /// Reads everything sidecars enforce, at one revision, in one read-only transaction
@@ -131,8 +147,9 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
 
         let revoked_sessions: Vec<String> = sqlx::query_scalar(
-            self.sql("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND expires_at > ? ORDER BY id"),
+            self.sql("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > ? AND expires_at > ? ORDER BY id"),
         )
+        .bind(now - REVOKED_SESSION_MEMORY_SECS)
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
@@ -144,6 +161,30 @@ impl Store {
             .iter()
             .map(decode_policy)
             .collect::<Result<Vec<_>>>()?;
+
+        // Our issuer's published keys (a key is published from its creation, before it
+        // signs, until the last token it signed has expired), grouped by issuer.
+        let mut issuers: BTreeMap<String, Vec<JwtKey>> = BTreeMap::new();
+        for row in self
+            .query("SELECT kid, issuer, public_jwk FROM signing_keys WHERE retire_after IS NULL OR retire_after > ? ORDER BY active_from, kid")
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let jwk: String = row.try_get("public_jwk")?;
+            let key: JwtKey = super::from_json("signing_keys.public_jwk", &jwk)?;
+            issuers.entry(row.try_get("issuer")?).or_default().push(key);
+        }
+        let jwt_issuers = issuers
+            .into_iter()
+            .map(|(issuer, keys)| JwtIssuer {
+                issuer,
+                audiences: vec![TOKEN_AUDIENCE.to_string()],
+                claims: ClaimSource::Directory,
+                leeway_seconds: TOKEN_LEEWAY_SECS,
+                keys,
+            })
+            .collect();
 
         tx.commit().await?;
         Ok(Snapshot {
@@ -157,9 +198,7 @@ impl Store {
             sources,
             revoked_sessions,
             policies,
-            // The token service's signing keys join the snapshot with the control-plane issue;
-            // until then issuers reach a sidecar through a snapshot file.
-            jwt_issuers: Vec::new(),
+            jwt_issuers,
         })
     }
 }
