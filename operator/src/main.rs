@@ -52,10 +52,7 @@ impl Common {
 }
 
 #[derive(Subcommand)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "parsed once at start; boxing would only obscure the flags"
-)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing would only obscure clap's derive")]
 enum Command {
     /// Run the controllers against the cluster (in-cluster config or KUBECONFIG).
     Run {
@@ -108,7 +105,7 @@ enum Fatal {
     #[error("webhook: {0}")]
     Webhook(#[from] webhook::WebhookError),
     #[error("leader election: {0}")]
-    Leader(#[from] leader::LeaderError),
+    Leader(#[from] leader::TimingsError),
     #[error("{0}")]
     Other(String),
     #[error("some manifests were refused")]
@@ -152,7 +149,7 @@ fn main() -> ExitCode {
             match err {
                 Fatal::Config(_)
                 | Fatal::Store(portcullis_operator::store::StoreError::Config(_))
-                | Fatal::Leader(leader::LeaderError::Timings { .. }) => ExitCode::from(2),
+                | Fatal::Leader(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
