@@ -37,6 +37,11 @@ impl Store {
             .scalar_i64("SELECT value FROM revision WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
+        // Empty until [`Store::epoch`] first made one (the API server does at start).
+        let epoch: String = sqlx::query_scalar(self.sql("SELECT value FROM epoch WHERE id = 1"))
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or_default();
 
         let roles = self
             .query("SELECT name, scopes, description, builtin FROM roles ORDER BY name")
@@ -145,11 +150,12 @@ impl Store {
             .map(decode_policy)
             .collect::<Result<Vec<_>>>()?;
 
+        let jwt_issuers = self.snapshot_issuers(&mut tx).await?;
+
         tx.commit().await?;
         Ok(Snapshot {
             revision,
-            // The epoch table arrives with the control-plane API.
-            epoch: String::new(),
+            epoch,
             generated_at: now,
             roles,
             users,
@@ -157,9 +163,8 @@ impl Store {
             sources,
             revoked_sessions,
             policies,
-            // The token service's signing keys join the snapshot with the control-plane issue;
-            // until then issuers reach a sidecar through a snapshot file.
-            jwt_issuers: Vec::new(),
+            // External issuers (Issuer objects); the token service adds its own signing keys.
+            jwt_issuers,
         })
     }
 }
