@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use portcullis_operator::bootstrap;
 use portcullis_operator::controller::{self, Config, Context, Reconciler};
-use portcullis_operator::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use portcullis_operator::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 use portcullis_operator::credentials;
 use portcullis_operator::local;
 use portcullis_operator::metrics::Metrics;
@@ -577,4 +577,119 @@ async fn database_outage_mid_reconcile_recovers_without_loss() {
     assert!(db.store.get_user("dora").await.unwrap().is_none(), "nothing orphaned");
     store.close().await;
     db.finish().await;
+}
+
+/// A JWKS endpoint on loopback whose answer (status, body) the test sets.
+async fn jwks_server(answer: Arc<std::sync::Mutex<(u16, String)>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (status, body) = answer.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_issuers_keys_are_fetched_shipped_and_kept_when_the_provider_fails() {
+    let w = world("issuer_keys").await;
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": "eA", "y": "eQ"},
+        {"kty": "oct", "kid": "shared", "alg": "HS256", "k": "c2VjcmV0"}
+    ]});
+    let answer = Arc::new(std::sync::Mutex::new((200, jwks.to_string())));
+    let base = jwks_server(answer.clone()).await;
+    let api: Api<Issuer> = Api::all(w.client.clone());
+    create(
+        &api,
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Issuer", "metadata": {"name": "idp"},
+               "spec": {"issuer": base, "jwksUri": format!("{base}/jwks"), "audiences": ["shop-api"], "algorithms": ["ES256"]}}),
+    )
+    .await;
+    let issuer = settle(&api, "idp", &w.ctx, controller::reconcile::<Issuer>).await;
+    assert_eq!(ready(&issuer).0, "True", "{:?}", issuer.status);
+    let status = issuer.status.clone().unwrap();
+    assert_eq!(
+        status.key_count,
+        Some(1),
+        "the symmetric key is never taken from outside"
+    );
+    assert!(status.last_refresh.is_some());
+    let snapshot = w.store.read_snapshot(unix_now()).await.unwrap();
+    assert_eq!(snapshot.jwt_issuers.len(), 1);
+    let shipped = &snapshot.jwt_issuers[0];
+    assert_eq!(
+        (shipped.issuer.as_str(), shipped.audiences.as_slice()),
+        (base.as_str(), &["shop-api".to_string()][..])
+    );
+    assert_eq!(shipped.keys[0].kid.as_deref(), Some("k1"));
+
+    // The provider fails: a refetch keeps the last good keys, and the status says so.
+    *answer.lock().unwrap() = (500, "{}".into());
+    let revision = w.store.revision().await.unwrap();
+    let fetcher = w.ctx.issuer_fetcher();
+    assert!(
+        portcullis_operator::issuers::refresh(&w.store, &fetcher, "idp")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        w.store.revision().await.unwrap(),
+        revision,
+        "nothing changed for sidecars"
+    );
+    assert_eq!(
+        w.store.read_snapshot(unix_now()).await.unwrap().jwt_issuers[0]
+            .keys
+            .len(),
+        1
+    );
+    // Make the held keys stale, as max-age running out would, and reconcile.
+    w.store
+        .store_issuer_keys(
+            "idp",
+            &portcullis_operator::store::IssuerKeys {
+                keys: shipped.keys.clone(),
+                fetched_at: Some(unix_now() - 700),
+                expires_at: Some(unix_now() - 100),
+            },
+        )
+        .await
+        .unwrap();
+    let issuer = settle(&api, "idp", &w.ctx, controller::reconcile::<Issuer>).await;
+    let (ready_status, reason) = ready(&issuer);
+    assert_eq!((ready_status.as_str(), reason.as_str()), ("False", "RefreshFailed"));
+    assert_eq!(issuer.status.unwrap().key_count, Some(1));
+
+    // Deleting the Issuer removes it from snapshots.
+    api.delete("idp", &DeleteParams::default()).await.unwrap();
+    settle_deleted(&api, "idp", &w.ctx).await;
+    assert!(w.store.read_snapshot(unix_now()).await.unwrap().jwt_issuers.is_empty());
+}
+
+async fn settle_deleted(api: &Api<Issuer>, name: &str, ctx: &Arc<Context>) {
+    for _ in 0..3 {
+        match api.get_opt(name).await.unwrap() {
+            Some(current) => {
+                let _ = controller::reconcile(Arc::new(current), ctx.clone()).await;
+            }
+            None => return,
+        }
+    }
+    assert!(
+        api.get_opt(name).await.unwrap().is_none(),
+        "the finalizer let the Issuer go"
+    );
 }

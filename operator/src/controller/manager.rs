@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::{Context, MANAGER, error_policy, reconcile};
-use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use crate::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 
 /// Which namespaces the namespaced controllers (APIKey, Source, AccessPolicy) watch.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +133,12 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
     let roles = Controller::new(Api::<Role>::all(client.clone()), wc.clone()).graceful_shutdown_on(shutdown.clone());
     stores.push(ready(roles.store()));
     controllers.push(drive(roles.run(reconcile::<Role>, error_policy, ctx.clone())));
+
+    // Issuer (its keys are also refreshed by `issuers::refresher` on every replica)
+    let issuers =
+        Controller::new(Api::<Issuer>::all(client.clone()), wc.clone()).graceful_shutdown_on(shutdown.clone());
+    stores.push(ready(issuers.store()));
+    controllers.push(drive(issuers.run(reconcile::<Issuer>, error_policy, ctx.clone())));
 
     // User ← Role, password Secrets (in the operator's namespace; others are picked up by the resync)
     let users = Controller::new(Api::<User>::all(client.clone()), wc.clone());

@@ -56,7 +56,9 @@ macro_rules! unversioned_write {
 mod api_keys;
 mod audit;
 mod config;
+mod control_plane;
 mod error;
+mod issuers;
 mod policies;
 mod retry;
 mod roles;
@@ -78,7 +80,9 @@ use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, S
 pub use api_keys::ApiKeyRow;
 pub use audit::AuditEvent;
 pub use config::{Backend, DbConfig, default_pool_size};
+pub use control_plane::{REVISION_CHANNEL, RequestAudit, RevisionListener};
 pub use error::{ConfigError, Result, StoreError};
+pub use issuers::{IssuerKeys, IssuerRow};
 pub use policies::PolicyRow;
 pub use retry::{Cause, ErrorCounts, RetryPolicy, cause, is_transient, with_retry, with_retry_counted};
 pub use roles::{RoleRow, builtin_role, builtin_roles};
