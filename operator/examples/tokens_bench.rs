@@ -3,7 +3,11 @@
 //! Prints one `RESULT` line: logins per second, argon2id time per login (verification
 //! alone, on one core), refreshes per second, each with `CONCURRENCY` clients.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark: a panic is the failure report"
+)]
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -37,8 +41,14 @@ async fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
 #[tokio::main]
 async fn main() {
     let logins: usize = std::env::var("LOGINS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let refreshes: usize = std::env::var("REFRESHES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let concurrency: usize = std::env::var("CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let refreshes: usize = std::env::var("REFRESHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let concurrency: usize = std::env::var("CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&DbConfig::from_url(&format!("sqlite://{}/bench.db", dir.path().display())).unwrap())
         .await

@@ -227,7 +227,9 @@ impl Harness {
             .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
             .collect();
         assert!(
-            !headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")),
+            !headers
+                .iter()
+                .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")),
             "fixed-length answers expected"
         );
         Answer {
@@ -238,8 +240,13 @@ impl Harness {
     }
 
     async fn login(&self, email: &str, password: &str) -> Answer {
-        self.call("POST", "/api/v1/auth/login", None, Some(json!({"email": email, "password": password})))
-            .await
+        self.call(
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"email": email, "password": password})),
+        )
+        .await
     }
 
     async fn login_ok(&self, email: &str, password: &str) -> (String, String, String) {
@@ -254,8 +261,13 @@ impl Harness {
     }
 
     async fn refresh(&self, refresh_token: &str) -> Answer {
-        self.call("POST", "/api/v1/auth/refresh", None, Some(json!({"refresh_token": refresh_token})))
-            .await
+        self.call(
+            "POST",
+            "/api/v1/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh_token})),
+        )
+        .await
     }
 
     async fn whoami(&self, token: &str) -> Answer {
@@ -291,7 +303,12 @@ fn jwt_header(token: &str) -> Value {
 
 fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 async fn audit_actions(store: &Store) -> Vec<String> {
@@ -316,7 +333,10 @@ async fn login_refresh_logout_then_refused(store: &Store) {
     assert_eq!(claims["sid"], sid.as_str());
     assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 900);
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
-    assert!(h.sidecar_accepts(&access).await, "the sidecar accepts our token through the snapshot");
+    assert!(
+        h.sidecar_accepts(&access).await,
+        "the sidecar accepts our token through the snapshot"
+    );
 
     let me = h.whoami(&access).await;
     assert_eq!(me.status, 200, "{me:?}");
@@ -336,7 +356,13 @@ async fn login_refresh_logout_then_refused(store: &Store) {
     assert_eq!(h.whoami(&access2).await.status, 200);
 
     let out = h
-        .call_with("POST", "/api/v1/auth/logout", Some(&access2), None, &[("X-Correlation-ID", "corr-1")])
+        .call_with(
+            "POST",
+            "/api/v1/auth/logout",
+            Some(&access2),
+            None,
+            &[("X-Correlation-ID", "corr-1")],
+        )
         .await;
     assert_eq!(out.status, 200, "{out:?}");
     assert_eq!(out.body["meta"]["correlation_id"], "corr-1");
@@ -345,7 +371,10 @@ async fn login_refresh_logout_then_refused(store: &Store) {
         let refused = h.whoami(token).await;
         assert_eq!(refused.status, 401);
         assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
-        assert!(!h.sidecar_accepts(token).await, "the sidecar refuses a logged-out session");
+        assert!(
+            !h.sidecar_accepts(token).await,
+            "the sidecar refuses a logged-out session"
+        );
     }
     assert_eq!(h.refresh(&refresh2).await.status, 401);
     let snapshot = store.read_snapshot(h.clock.now()).await.unwrap();
@@ -366,11 +395,26 @@ async fn refresh_reuse_revokes_the_session(store: &Store) {
     let replay = h.refresh(&r1).await;
     assert_eq!(replay.status, 401);
     assert_eq!(replay.code(), "refresh_token_reused");
-    assert_eq!(h.refresh(&r2).await.status, 401, "the legitimate holder's token is dead too");
+    assert_eq!(
+        h.refresh(&r2).await.status,
+        401,
+        "the legitimate holder's token is dead too"
+    );
     assert_eq!(h.whoami(&access2).await.status, 401);
     assert!(!h.sidecar_accepts(&access2).await);
-    assert!(store.read_snapshot(h.clock.now()).await.unwrap().revoked_sessions.contains(&sid));
-    assert!(audit_actions(store).await.contains(&"auth.refresh_reuse:deny".to_string()));
+    assert!(
+        store
+            .read_snapshot(h.clock.now())
+            .await
+            .unwrap()
+            .revoked_sessions
+            .contains(&sid)
+    );
+    assert!(
+        audit_actions(store)
+            .await
+            .contains(&"auth.refresh_reuse:deny".to_string())
+    );
     // Garbage is just invalid.
     assert_eq!(h.refresh("pcr_nonsense").await.code(), "invalid_refresh_token");
 }
@@ -381,24 +425,49 @@ async fn password_change_revokes_other_sessions(store: &Store) {
     let (phone, _, _) = h.login_ok("alice@example.com", ALICE_PW).await;
     let change = |current: &str, new: &str| json!({"current_password": current, "new_password": new});
     let wrong = h
-        .call("POST", "/api/v1/auth/password", Some(&laptop), Some(change("nope-nope-nope", "a-brand-new-pw-9")))
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&laptop),
+            Some(change("nope-nope-nope", "a-brand-new-pw-9")),
+        )
         .await;
     assert_eq!((wrong.status, wrong.code()), (403, "wrong_password"));
     let same = h
-        .call("POST", "/api/v1/auth/password", Some(&laptop), Some(change(ALICE_PW, ALICE_PW)))
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&laptop),
+            Some(change(ALICE_PW, ALICE_PW)),
+        )
         .await;
     assert_eq!(same.status, 400);
     assert!(same.body["error"]["message"].as_str().unwrap().contains("differ"));
     let short = h
-        .call("POST", "/api/v1/auth/password", Some(&laptop), Some(change(ALICE_PW, "short")))
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&laptop),
+            Some(change(ALICE_PW, "short")),
+        )
         .await;
     assert_eq!(short.status, 400);
     let named = h
-        .call("POST", "/api/v1/auth/password", Some(&laptop), Some(change(ALICE_PW, "my-name-is-alice!")))
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&laptop),
+            Some(change(ALICE_PW, "my-name-is-alice!")),
+        )
         .await;
     assert_eq!(named.status, 400, "the policy refuses the user's own name");
     let ok = h
-        .call("POST", "/api/v1/auth/password", Some(&laptop), Some(change(ALICE_PW, "a-brand-new-pw-9")))
+        .call(
+            "POST",
+            "/api/v1/auth/password",
+            Some(&laptop),
+            Some(change(ALICE_PW, "a-brand-new-pw-9")),
+        )
         .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(ok.data()["sessions_revoked"], 1);
@@ -410,7 +479,11 @@ async fn password_change_revokes_other_sessions(store: &Store) {
     // The Secret's digest is kept: the operator's resync will not put the old password back.
     let stored = store.password("alice").await.unwrap().unwrap();
     assert_eq!(stored.source_digest, Some(credentials::sha256_hex(ALICE_PW.as_bytes())));
-    assert!(audit_actions(store).await.contains(&"auth.password_change:allow".to_string()));
+    assert!(
+        audit_actions(store)
+            .await
+            .contains(&"auth.password_change:allow".to_string())
+    );
 }
 
 async fn forgot_and_reset_by_mail_once_and_within_an_hour(store: &Store) {
@@ -419,15 +492,32 @@ async fn forgot_and_reset_by_mail_once_and_within_an_hour(store: &Store) {
     let (before, _, _) = h.login_ok("alice@example.com", ALICE_PW).await;
 
     let known = h
-        .call("POST", "/api/v1/auth/password/forgot", None, Some(json!({"email": "alice@example.com"})))
+        .call(
+            "POST",
+            "/api/v1/auth/password/forgot",
+            None,
+            Some(json!({"email": "alice@example.com"})),
+        )
         .await;
     let unknown = h
-        .call("POST", "/api/v1/auth/password/forgot", None, Some(json!({"email": "nobody@example.com"})))
+        .call(
+            "POST",
+            "/api/v1/auth/password/forgot",
+            None,
+            Some(json!({"email": "nobody@example.com"})),
+        )
         .await;
     assert_eq!(known.status, 202);
-    assert_eq!((known.status, known.data()), (unknown.status, unknown.data()), "the same answer");
+    assert_eq!(
+        (known.status, known.data()),
+        (unknown.status, unknown.data()),
+        "the same answer"
+    );
 
-    let message = tokio::time::timeout(Duration::from_secs(20), mail.recv()).await.unwrap().unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(20), mail.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(message.contains("RCPT TO:<alice@example.com>"), "{message}");
     assert!(message.contains("AUTH PLAIN"), "authenticated over TLS");
     assert!(message.contains("STARTTLS"), "{message}");
@@ -438,19 +528,38 @@ async fn forgot_and_reset_by_mail_once_and_within_an_hour(store: &Store) {
         .to_string();
     let token = link.split("token=").nth(1).unwrap().to_string();
     // Nothing else comes: the unknown address got no mail.
-    assert!(tokio::time::timeout(Duration::from_millis(500), mail.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), mail.recv())
+            .await
+            .is_err()
+    );
 
     let reset = |token: &str, pw: &str| json!({"token": token, "new_password": pw});
     let weak = h
-        .call("POST", "/api/v1/auth/password/reset", None, Some(reset(&token, "short")))
+        .call(
+            "POST",
+            "/api/v1/auth/password/reset",
+            None,
+            Some(reset(&token, "short")),
+        )
         .await;
     assert_eq!(weak.status, 400, "a weak password does not burn the link");
     let done = h
-        .call("POST", "/api/v1/auth/password/reset", None, Some(reset(&token, "reset-by-mail-pw-3")))
+        .call(
+            "POST",
+            "/api/v1/auth/password/reset",
+            None,
+            Some(reset(&token, "reset-by-mail-pw-3")),
+        )
         .await;
     assert_eq!(done.status, 200, "{done:?}");
     let again = h
-        .call("POST", "/api/v1/auth/password/reset", None, Some(reset(&token, "reset-again-pw-44")))
+        .call(
+            "POST",
+            "/api/v1/auth/password/reset",
+            None,
+            Some(reset(&token, "reset-again-pw-44")),
+        )
         .await;
     assert_eq!((again.status, again.code()), (400, "invalid_reset_token"), "single use");
     assert_eq!(h.whoami(&before).await.status, 401, "a reset ends every session");
@@ -459,10 +568,18 @@ async fn forgot_and_reset_by_mail_once_and_within_an_hour(store: &Store) {
     // A second link, an hour and a second later: expired.
     h.clock.advance(120);
     let asked = h
-        .call("POST", "/api/v1/auth/password/forgot", None, Some(json!({"email": "alice@example.com"})))
+        .call(
+            "POST",
+            "/api/v1/auth/password/forgot",
+            None,
+            Some(json!({"email": "alice@example.com"})),
+        )
         .await;
     assert_eq!(asked.status, 202);
-    let message = tokio::time::timeout(Duration::from_secs(20), mail.recv()).await.unwrap().unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(20), mail.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let token = message
         .split_whitespace()
         .find_map(|w| w.strip_prefix("https://auth.example.test/reset-password?token="))
@@ -470,11 +587,19 @@ async fn forgot_and_reset_by_mail_once_and_within_an_hour(store: &Store) {
         .to_string();
     h.clock.advance(3601);
     let late = h
-        .call("POST", "/api/v1/auth/password/reset", None, Some(reset(&token, "too-late-pw-555")))
+        .call(
+            "POST",
+            "/api/v1/auth/password/reset",
+            None,
+            Some(reset(&token, "too-late-pw-555")),
+        )
         .await;
     assert_eq!((late.status, late.code()), (400, "invalid_reset_token"));
     let actions = audit_actions(store).await;
-    assert!(actions.contains(&"auth.password_reset:allow".to_string()), "{actions:?}");
+    assert!(
+        actions.contains(&"auth.password_reset:allow".to_string()),
+        "{actions:?}"
+    );
 }
 
 async fn backoff_with_retry_after_reveals_nothing(store: &Store) {
@@ -486,7 +611,9 @@ async fn backoff_with_retry_after_reveals_nothing(store: &Store) {
         // The fifth failure locks the account key for 1 s.
         let fifth = h.login(email, "wrong-password").await;
         assert_eq!((fifth.status, fifth.code()), (401, "invalid_credentials"));
-        let locked = h.login(email, if email.starts_with("alice") { ALICE_PW } else { "x" }).await;
+        let locked = h
+            .login(email, if email.starts_with("alice") { ALICE_PW } else { "x" })
+            .await;
         assert_eq!(locked.status, 429, "even the right password waits: {locked:?}");
         assert_eq!(locked.header("retry-after"), Some("1"));
         assert_eq!(locked.code(), "rate_limited");
@@ -536,7 +663,12 @@ async fn key_rotation_keeps_old_tokens_until_they_expire(store: &Store) {
     assert_ne!(new_kid, old_kid);
     // Published at once, before it signs.
     let jwks = h.call("GET", "/.well-known/jwks.json", None, None).await;
-    let kids: Vec<&str> = jwks.body["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let kids: Vec<&str> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert_eq!(kids, [old_kid.as_str(), new_kid.as_str()]);
     let snapshot = store.read_snapshot(h.clock.now()).await.unwrap();
     assert_eq!(snapshot.jwt_issuers.len(), 1);
@@ -545,7 +677,11 @@ async fn key_rotation_keeps_old_tokens_until_they_expire(store: &Store) {
 
     h.clock.advance(61);
     let (fresh, _, _) = h.login_ok("alice@example.com", ALICE_PW).await;
-    assert_eq!(jwt_header(&fresh)["kid"], new_kid.as_str(), "the new key signs after the publish delay");
+    assert_eq!(
+        jwt_header(&fresh)["kid"],
+        new_kid.as_str(),
+        "the new key signs after the publish delay"
+    );
     assert_eq!(h.whoami(&old).await.status, 200, "the old key's token is still good");
     assert!(h.sidecar_accepts(&old).await);
 
@@ -600,12 +736,19 @@ async fn sessions_preferences_and_admin(store: &Store) {
     assert_eq!(mine["client_address"], "127.0.0.1");
     // Alice cannot see or end Bob's sessions; Bob (admin) can see and end hers.
     let (b, _, bob_sid) = h.login_ok("bob@example.com", BOB_PW).await;
-    assert_eq!(h.call("GET", "/api/v1/auth/sessions?user=bob", Some(&a1), None).await.status, 403);
+    assert_eq!(
+        h.call("GET", "/api/v1/auth/sessions?user=bob", Some(&a1), None)
+            .await
+            .status,
+        403
+    );
     let theirs = format!("/api/v1/auth/sessions/{bob_sid}");
     assert_eq!(h.call("DELETE", &theirs, Some(&a1), None).await.status, 404);
     let hers = h.call("GET", "/api/v1/auth/sessions?user=alice", Some(&b), None).await;
     assert_eq!(hers.data().as_array().unwrap().len(), 2);
-    let kill = h.call("DELETE", &format!("/api/v1/auth/sessions/{s2}"), Some(&b), None).await;
+    let kill = h
+        .call("DELETE", &format!("/api/v1/auth/sessions/{s2}"), Some(&b), None)
+        .await;
     assert_eq!(kill.status, 200, "{kill:?}");
     let list = h.call("GET", "/api/v1/auth/sessions", Some(&a1), None).await;
     assert_eq!(list.data().as_array().unwrap().len(), 1);
@@ -620,19 +763,35 @@ async fn sessions_preferences_and_admin(store: &Store) {
         )
         .await;
     assert_eq!(put.status, 200, "{put:?}");
-    assert_eq!(put.data()["preferences"], json!({"contrast": "normal", "fontSize": "large", "theme": "dark"}));
+    assert_eq!(
+        put.data()["preferences"],
+        json!({"contrast": "normal", "fontSize": "large", "theme": "dark"})
+    );
     // The operator re-applies the User (resync): the user's choices survive.
     let mut alice = store.get_user("alice").await.unwrap().unwrap();
     alice.preferences.insert("contrast".into(), "high".into());
     store.upsert_user(&alice).await.unwrap();
     let me = h.whoami(&a1).await;
-    assert_eq!(me.data()["preferences"], json!({"contrast": "high", "fontSize": "large", "theme": "dark"}));
+    assert_eq!(
+        me.data()["preferences"],
+        json!({"contrast": "high", "fontSize": "large", "theme": "dark"})
+    );
     let cleared = h
-        .call("PUT", "/api/v1/auth/user/preferences", Some(&a1), Some(json!({"preferences": {"theme": null}})))
+        .call(
+            "PUT",
+            "/api/v1/auth/user/preferences",
+            Some(&a1),
+            Some(json!({"preferences": {"theme": null}})),
+        )
         .await;
     assert_eq!(cleared.data()["preferences"]["theme"], "light");
     let bad = h
-        .call("PUT", "/api/v1/auth/user/preferences", Some(&a1), Some(json!({"preferences": {"a b": "x"}})))
+        .call(
+            "PUT",
+            "/api/v1/auth/user/preferences",
+            Some(&a1),
+            Some(json!({"preferences": {"a b": "x"}})),
+        )
         .await;
     assert_eq!(bad.status, 400);
     // Logout everywhere.
@@ -640,7 +799,9 @@ async fn sessions_preferences_and_admin(store: &Store) {
     assert_eq!(all.status, 200);
     assert_eq!(h.whoami(&a1).await.status, 401);
     // Malformed bodies are enveloped 400s.
-    let junk = h.call("POST", "/api/v1/auth/login", None, Some(json!({"email": 3}))).await;
+    let junk = h
+        .call("POST", "/api/v1/auth/login", None, Some(json!({"email": 3})))
+        .await;
     assert_eq!((junk.status, junk.body["status"].as_str()), (400, Some("error")));
     let discovery = h.call("GET", "/.well-known/openid-configuration", None, None).await;
     assert_eq!(discovery.body["issuer"], ISSUER);
@@ -667,7 +828,14 @@ async fn openapi_document_covers_every_route_with_the_envelope() {
         assert_ne!(answer.status, 405, "{} {path} served", op.method);
     }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
-    for name in ["LoginRequest", "TokenPair", "UserInfo", "SessionInfo", "ErrorEnvelope", "Meta"] {
+    for name in [
+        "LoginRequest",
+        "TokenPair",
+        "UserInfo",
+        "SessionInfo",
+        "ErrorEnvelope",
+        "Meta",
+    ] {
         assert!(schemas.contains_key(name), "{name} in components");
     }
     let text = doc.body.to_string();
@@ -706,7 +874,9 @@ async fn smtp_server(dir: &std::path::Path) -> (u16, std::path::PathBuf, mpsc::U
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let mut log = String::new();
@@ -717,7 +887,11 @@ async fn smtp_server(dir: &std::path::Path) -> (u16, std::path::PathBuf, mpsc::U
                     log.push_str(&line);
                     log.push('\n');
                     if line.starts_with("EHLO") {
-                        plain.get_mut().write_all(b"250-test\r\n250 STARTTLS\r\n").await.unwrap();
+                        plain
+                            .get_mut()
+                            .write_all(b"250-test\r\n250 STARTTLS\r\n")
+                            .await
+                            .unwrap();
                     } else if line == "STARTTLS" {
                         plain.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
                         break;

@@ -146,9 +146,9 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        let revoked_sessions: Vec<String> = sqlx::query_scalar(
-            self.sql("SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > ? AND expires_at > ? ORDER BY id"),
-        )
+        let revoked_sessions: Vec<String> = sqlx::query_scalar(self.sql(
+            "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > ? AND expires_at > ? ORDER BY id",
+        ))
         .bind(now - REVOKED_SESSION_MEMORY_SECS)
         .bind(now)
         .fetch_all(&mut *tx)

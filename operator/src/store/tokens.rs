@@ -201,7 +201,9 @@ impl Store {
     /// A user's sessions, newest first; live ones only unless `all`.
     pub async fn auth_sessions_of(&self, user: &str, now: i64, all: bool) -> Result<Vec<AuthSession>> {
         let sessions = self
-            .query(select_auth_sessions!("WHERE user_name = ? ORDER BY created_at DESC, id"))
+            .query(select_auth_sessions!(
+                "WHERE user_name = ? ORDER BY created_at DESC, id"
+            ))
             .bind(user)
             .fetch_all(&self.pool)
             .await?
@@ -221,8 +223,10 @@ impl Store {
         now: i64,
         ip: Option<&str>,
     ) -> Result<RefreshOutcome> {
-        let rotated: Option<std::result::Result<AuthSession, AuthSession>> =
-            unversioned_write!(self, "refresh_session", |tx| {
+        let rotated: Option<std::result::Result<AuthSession, AuthSession>> = unversioned_write!(
+            self,
+            "refresh_session",
+            |tx| {
                 let Some(row) = self
                     .query(select_auth_sessions!("WHERE refresh_hash = ?"))
                     .bind(presented)
@@ -262,7 +266,8 @@ impl Store {
                     session.ip = Some(ip.to_string());
                 }
                 Ok(Some(Ok(session)))
-            })?;
+            }
+        )?;
         match rotated {
             Some(Ok(session)) => return Ok(RefreshOutcome::Rotated(session)),
             Some(Err(dead)) => return Ok(RefreshOutcome::Dead(dead)),

@@ -271,10 +271,7 @@ impl FromRequestParts<TokenService> for Call {
 
     async fn from_request_parts(parts: &mut Parts, state: &TokenService) -> Result<Self, Self::Rejection> {
         let headers = &parts.headers;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = match peer {
             Some(ip) if ip.is_loopback() || state.settings().trusted_proxies.iter().any(|n| n.contains(ip)) => {
                 forwarded_for(headers).or(Some(ip))
@@ -305,7 +302,7 @@ impl FromRequestParts<TokenService> for Call {
 
 /// The last hop of `X-Forwarded-For` (the one our trusted peer appended).
 fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    let value = headers.get_all("x-forwarded-for").iter().last()?.to_str().ok()?;
+    let value = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
     value.rsplit(',').next()?.trim().parse().ok()
 }
 
@@ -384,10 +381,17 @@ impl Call {
 /// Parses a JSON body into `T`, refusing it (400, enveloped) when it does not fit.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.len() > 64 * 1024 {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "body over 64 KiB"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "body over 64 KiB",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         // serde's message names the field and the problem, never the value of a string.
-        ApiError::bad_request(format!("body: {}", e.to_string().split(" at line").next().unwrap_or("invalid JSON")))
+        ApiError::bad_request(format!(
+            "body: {}",
+            e.to_string().split(" at line").next().unwrap_or("invalid JSON")
+        ))
     })
 }

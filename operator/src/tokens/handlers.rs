@@ -14,12 +14,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::TokenService;
 use super::api::{
     ApiError, Call, ChangePasswordRequest, Done, ForgotPasswordRequest, LoginRequest, LogoutRequest, PreferencesInfo,
     PreferencesRequest, RefreshRequest, ResetPasswordRequest, RotatedKey, SessionInfo, SessionsQuery, TeamInfo,
     TokenPair, UserInfo, parse_body,
 };
-use super::TokenService;
 use crate::credentials;
 use crate::store::{AuditEvent, AuthSession, RefreshOutcome, ResetTokenRow, TOKEN_AUDIENCE, UserRow};
 
@@ -119,19 +119,30 @@ pub fn password_problem(password: &str, user: &UserRow) -> Option<String> {
     if password.len() > PASSWORD_MAX_BYTES {
         return Some(format!("the password may have at most {PASSWORD_MAX_BYTES} bytes"));
     }
-    if password.chars().all(|c| Some(c) == password.chars().next()) {
+    if password.chars().all(|c| password.starts_with(c)) {
         return Some("the password is one character repeated".into());
     }
     let lower = password.to_lowercase();
     let local = user.email.split('@').next().unwrap_or_default().to_lowercase();
-    if lower == email_key(&user.email) || lower == user.name.to_lowercase() || (local.len() >= 4 && lower.contains(&local)) {
+    if lower == email_key(&user.email)
+        || lower == user.name.to_lowercase()
+        || (local.len() >= 4 && lower.contains(&local))
+    {
         return Some("the password must not contain the user's name or e-mail".into());
     }
     None
 }
 
 impl TokenService {
-    fn audit(&self, call: &Call, actor: Option<&str>, action: &str, resource: Option<String>, allow: bool, reason: &str) -> AuditEvent {
+    fn audit(
+        &self,
+        call: &Call,
+        actor: Option<&str>,
+        action: &str,
+        resource: Option<String>,
+        allow: bool,
+        reason: &str,
+    ) -> AuditEvent {
         AuditEvent {
             occurred_at: self.clock().now(),
             correlation_id: Some(call.correlation_id.clone()),
@@ -154,22 +165,12 @@ impl TokenService {
 
     /// argon2 verification on a blocking thread, at most one per core at once.
     async fn verify_password(&self, password: String, hash: String) -> Result<bool, ApiError> {
-        let _permit = self
-            .0
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
+        let _permit = self.0.hashing.acquire().await.map_err(|e| ApiError::internal(&e))?;
         Ok(tokio::task::spawn_blocking(move || credentials::verify_password(&password, &hash)).await?)
     }
 
     async fn hash_password(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self
-            .0
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
+        let _permit = self.0.hashing.acquire().await.map_err(|e| ApiError::internal(&e))?;
         let params = self.settings().argon2.clone();
         tokio::task::spawn_blocking(move || credentials::hash_password_with(&password, &params))
             .await?
@@ -262,7 +263,13 @@ impl TokenService {
             .as_deref()
             .ok_or_else(|| ApiError::unauthenticated("an access token is required (Authorization: Bearer …)"))?;
         let now = self.clock().now();
-        let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the access token is invalid or expired");
+        let invalid = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the access token is invalid or expired",
+            )
+        };
         let mut verified = self.ring().verify(token, now);
         if verified.is_none() {
             // Another replica may have rotated since our last reload.
@@ -271,7 +278,12 @@ impl TokenService {
         }
         let (payload, key_issuer) = verified.ok_or_else(invalid)?;
         let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| invalid())?;
-        if claims.iss != self.settings().issuer || key_issuer != claims.iss || claims.aud != TOKEN_AUDIENCE || claims.exp <= now || claims.nbf > now + 30 {
+        if claims.iss != self.settings().issuer
+            || key_issuer != claims.iss
+            || claims.aud != TOKEN_AUDIENCE
+            || claims.exp <= now
+            || claims.nbf > now + 30
+        {
             return Err(invalid());
         }
         let session = self
@@ -320,7 +332,14 @@ impl TokenService {
         };
         if let Some(reason) = refusal {
             let mut events = self.count_failure(call, &keys).await?;
-            events.push(self.audit(call, user.as_ref().map(|u| u.name.as_str()), "auth.login", None, false, reason));
+            events.push(self.audit(
+                call,
+                user.as_ref().map(|u| u.name.as_str()),
+                "auth.login",
+                None,
+                false,
+                reason,
+            ));
             self.write_audit(&events).await;
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -347,15 +366,27 @@ impl TokenService {
             user_agent: call.user_agent.clone(),
             ip: call.client.map(|ip| ip.to_string()),
             created_at: now,
-            expires_at: now + if body.remember_me { settings.remember_me_ttl } else { settings.refresh_ttl },
+            expires_at: now
+                + if body.remember_me {
+                    settings.remember_me_ttl
+                } else {
+                    settings.refresh_ttl
+                },
             last_used_at: now,
             revoked_at: None,
             revoke_reason: None,
         };
         self.store().open_session(&session).await?;
         let pair = self.issue(&session, refresh_token)?;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.login", Some(format!("session:{}", session.id)), true, "password")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.login",
+            Some(format!("session:{}", session.id)),
+            true,
+            "password",
+        )])
+        .await;
         Ok((StatusCode::OK, pair))
     }
 
@@ -363,14 +394,24 @@ impl TokenService {
         let now = self.clock().now();
         let next = random_secret("pcr_");
         let ip = call.client.map(|ip| ip.to_string());
-        let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "the refresh token is invalid, expired or revoked");
+        let invalid = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "the refresh token is invalid, expired or revoked",
+            )
+        };
         match self
             .store()
             .refresh_session(&digest(&body.refresh_token), &digest(&next), now, ip.as_deref())
             .await?
         {
             RefreshOutcome::Rotated(session) => {
-                let enabled = self.store().get_user(&session.user_name).await?.is_some_and(|u| !u.disabled);
+                let enabled = self
+                    .store()
+                    .get_user(&session.user_name)
+                    .await?
+                    .is_some_and(|u| !u.disabled);
                 if !enabled {
                     self.store().revoke_auth_session(&session.id, "disabled", now).await?;
                     return Err(invalid());
@@ -413,20 +454,37 @@ impl TokenService {
                 .filter(|s| s.is_live(now))
                 .ok_or_else(|| ApiError::unauthenticated("the refresh token is invalid, expired or revoked"))?
         } else {
-            return Err(ApiError::unauthenticated("an access token or a refresh token is required"));
+            return Err(ApiError::unauthenticated(
+                "an access token or a refresh token is required",
+            ));
         };
         let (revoked, action) = if all {
-            let before = self.store().auth_sessions_of(&session.user_name, now, false).await?.len();
+            let before = self
+                .store()
+                .auth_sessions_of(&session.user_name, now, false)
+                .await?
+                .len();
             self.store()
                 .revoke_sessions_of(&session.user_name, None, "logout_all", now)
                 .await?;
             (u64::try_from(before).unwrap_or(0), "auth.logout_all")
         } else {
-            let changed = self.store().revoke_auth_session(&session.id, "logout", now).await?.changed;
+            let changed = self
+                .store()
+                .revoke_auth_session(&session.id, "logout", now)
+                .await?
+                .changed;
             (u64::from(changed), "auth.logout")
         };
-        self.write_audit(&[self.audit(call, Some(&session.user_name), action, Some(format!("session:{}", session.id)), true, "logout")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&session.user_name),
+            action,
+            Some(format!("session:{}", session.id)),
+            true,
+            "logout",
+        )])
+        .await;
         Ok((
             StatusCode::OK,
             Done {
@@ -469,18 +527,27 @@ impl TokenService {
         ))
     }
 
-    async fn do_put_preferences(&self, call: &Call, body: PreferencesRequest) -> Result<(StatusCode, PreferencesInfo), ApiError> {
+    async fn do_put_preferences(
+        &self,
+        call: &Call,
+        body: PreferencesRequest,
+    ) -> Result<(StatusCode, PreferencesInfo), ApiError> {
         let Authed { user, .. } = self.authenticate(call).await?;
         let mut overrides = self.store().preferences_override(&user.name).await?;
         for (key, value) in body.preferences {
-            if key.is_empty() || key.len() > MAX_PREFERENCE_KEY || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            if key.is_empty()
+                || key.len() > MAX_PREFERENCE_KEY
+                || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
                 return Err(ApiError::bad_request(format!(
                     "preference keys are 1 to {MAX_PREFERENCE_KEY} of A-Z a-z 0-9 . _ -"
                 )));
             }
             match value {
                 Some(v) if v.len() > MAX_PREFERENCE_VALUE => {
-                    return Err(ApiError::bad_request(format!("preference values have at most {MAX_PREFERENCE_VALUE} bytes")));
+                    return Err(ApiError::bad_request(format!(
+                        "preference values have at most {MAX_PREFERENCE_VALUE} bytes"
+                    )));
                 }
                 Some(v) => {
                     overrides.insert(key, v);
@@ -502,7 +569,11 @@ impl TokenService {
         let whose = match query.user {
             Some(other) if other != user.name => {
                 if !self.is_admin(&user.name).await? {
-                    return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only administrators see other users' sessions"));
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "only administrators see other users' sessions",
+                    ));
                 }
                 other
             }
@@ -544,8 +615,15 @@ impl TokenService {
             return Err(not_found());
         };
         let changed = self.store().revoke_auth_session(id, reason, now).await?.changed;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.session_revoke", Some(format!("session:{id} of {}", target.user_name)), true, reason)])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.session_revoke",
+            Some(format!("session:{id} of {}", target.user_name)),
+            true,
+            reason,
+        )])
+        .await;
         Ok((
             StatusCode::OK,
             Done {
@@ -555,24 +633,44 @@ impl TokenService {
         ))
     }
 
-    async fn do_change_password(&self, call: &Call, body: ChangePasswordRequest) -> Result<(StatusCode, Done), ApiError> {
+    async fn do_change_password(
+        &self,
+        call: &Call,
+        body: ChangePasswordRequest,
+    ) -> Result<(StatusCode, Done), ApiError> {
         let Authed { user, session } = self.authenticate(call).await?;
         let keys = self.throttle_keys(call, &user.email);
         self.check_throttle(&keys).await?;
         let hash = self.store().password(&user.name).await?.map(|p| p.hash);
         let known = hash.is_some();
         let ok = self
-            .verify_password(body.current_password.clone(), hash.unwrap_or_else(|| self.0.dummy_hash.clone()))
+            .verify_password(
+                body.current_password.clone(),
+                hash.unwrap_or_else(|| self.0.dummy_hash.clone()),
+            )
             .await?
             && known;
         if !ok {
             let mut events = self.count_failure(call, &keys).await?;
-            events.push(self.audit(call, Some(&user.name), "auth.password_change", None, false, "wrong current password"));
+            events.push(self.audit(
+                call,
+                Some(&user.name),
+                "auth.password_change",
+                None,
+                false,
+                "wrong current password",
+            ));
             self.write_audit(&events).await;
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_password",
+                "the current password is wrong",
+            ));
         }
         if body.new_password == body.current_password {
-            return Err(ApiError::bad_request("the new password must differ from the current one"));
+            return Err(ApiError::bad_request(
+                "the new password must differ from the current one",
+            ));
         }
         if let Some(problem) = password_problem(&body.new_password, &user) {
             return Err(ApiError::bad_request(problem));
@@ -587,8 +685,15 @@ impl TokenService {
             .revoke_sessions_of(&user.name, Some(&session.id), "password_change", now)
             .await?;
         self.store().discard_reset_tokens(&user.name).await?;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.password_change", None, true, "other sessions revoked")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.password_change",
+            None,
+            true,
+            "other sessions revoked",
+        )])
+        .await;
         Ok((
             StatusCode::OK,
             Done {
@@ -657,13 +762,26 @@ impl TokenService {
             .send(&user.email, "Reset your Portcullis password", &text)
             .await
             .map_err(|e| ApiError::internal(&e))?;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.password_forgot", None, true, "reset mail sent")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.password_forgot",
+            None,
+            true,
+            "reset mail sent",
+        )])
+        .await;
         Ok(())
     }
 
     async fn do_reset(&self, call: &Call, body: ResetPasswordRequest) -> Result<(StatusCode, Done), ApiError> {
-        let invalid = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_reset_token", "the reset link is invalid, used or expired");
+        let invalid = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reset_token",
+                "the reset link is invalid, used or expired",
+            )
+        };
         if body.new_password.chars().count() < PASSWORD_MIN_CHARS || body.new_password.len() > PASSWORD_MAX_BYTES {
             // Checked before the token is used, so a refused password does not burn the link.
             return Err(ApiError::bad_request(format!(
@@ -677,8 +795,15 @@ impl TokenService {
             .await?
             .ok_or_else(invalid)?;
         let Some(user) = self.store().get_user(&user_name).await?.filter(|u| !u.disabled) else {
-            self.write_audit(&[self.audit(call, Some(&user_name), "auth.password_reset", None, false, "user disabled or gone")])
-                .await;
+            self.write_audit(&[self.audit(
+                call,
+                Some(&user_name),
+                "auth.password_reset",
+                None,
+                false,
+                "user disabled or gone",
+            )])
+            .await;
             return Err(invalid());
         };
         if let Some(problem) = password_problem(&body.new_password, &user) {
@@ -693,8 +818,15 @@ impl TokenService {
         self.store()
             .clear_login_failures(&format!("account:{}", email_key(&user.email)))
             .await?;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.password_reset", None, true, "every session revoked")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.password_reset",
+            None,
+            true,
+            "every session revoked",
+        )])
+        .await;
         Ok((
             StatusCode::OK,
             Done {
@@ -707,11 +839,22 @@ impl TokenService {
     async fn do_rotate(&self, call: &Call) -> Result<(StatusCode, RotatedKey), ApiError> {
         let Authed { user, .. } = self.authenticate(call).await?;
         if !self.is_admin(&user.name).await? {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "rotating signing keys needs the admin scope"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "rotating signing keys needs the admin scope",
+            ));
         }
         let (kid, active_from) = self.rotate_now().await?;
-        self.write_audit(&[self.audit(call, Some(&user.name), "auth.key_rotate", Some(format!("kid:{kid}")), true, "on demand")])
-            .await;
+        self.write_audit(&[self.audit(
+            call,
+            Some(&user.name),
+            "auth.key_rotate",
+            Some(format!("kid:{kid}")),
+            true,
+            "on demand",
+        )])
+        .await;
         Ok((StatusCode::OK, RotatedKey { kid, active_from }))
     }
 }
@@ -761,7 +904,11 @@ pub async fn put_preferences(State(s): State<TokenService>, call: Call, body: By
     call.respond(result)
 }
 
-pub async fn sessions(State(s): State<TokenService>, call: Call, Query(query): Query<BTreeMap<String, String>>) -> Response {
+pub async fn sessions(
+    State(s): State<TokenService>,
+    call: Call,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
     let query = SessionsQuery {
         user: query.get("user").cloned(),
     };

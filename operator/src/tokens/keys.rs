@@ -84,13 +84,20 @@ impl Kek {
     pub async fn load(source: &KekSource) -> Result<Kek, KeyError> {
         let raw = match source {
             KekSource::Fixed(raw) => *raw,
-            KekSource::Secret { client, namespace, name } => {
+            KekSource::Secret {
+                client,
+                namespace,
+                name,
+            } => {
                 let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
                 match secrets.get_opt(name).await? {
                     Some(secret) => kek_of_secret(&secret)?,
                     None => {
                         let fresh = random_kek()?;
-                        match secrets.create(&PostParams::default(), &kek_secret(namespace, name, &fresh)).await {
+                        match secrets
+                            .create(&PostParams::default(), &kek_secret(namespace, name, &fresh))
+                            .await
+                        {
                             Ok(_) => {
                                 tracing::info!(secret = %format!("{namespace}/{name}"), "created the signing keys' key-encryption key");
                                 fresh
@@ -155,9 +162,7 @@ fn decode_kek(text: &[u8]) -> Result<[u8; 32], KeyError> {
     let bytes = STANDARD
         .decode(text.trim())
         .map_err(|_| KeyError::Kek("not base64".into()))?;
-    bytes
-        .try_into()
-        .map_err(|_| KeyError::Kek("not 32 bytes".into()))
+    bytes.try_into().map_err(|_| KeyError::Kek("not 32 bytes".into()))
 }
 
 fn kek_of_secret(secret: &Secret) -> Result<[u8; 32], KeyError> {
@@ -185,7 +190,13 @@ fn kek_secret(namespace: &str, name: &str, raw: &[u8; 32]) -> Secret {
         },
         type_: Some("Opaque".into()),
         // Base64 text inside the (base64 on the wire) Secret, as in the local file.
-        data: Some([(KEK_SECRET_KEY.to_string(), ByteString(STANDARD.encode(raw).into_bytes()))].into()),
+        data: Some(
+            [(
+                KEK_SECRET_KEY.to_string(),
+                ByteString(STANDARD.encode(raw).into_bytes()),
+            )]
+            .into(),
+        ),
         ..Secret::default()
     }
 }
@@ -240,8 +251,7 @@ pub struct PublicJwk {
 pub fn generate(kek: &Kek, issuer: &str, now: i64, active_from: i64) -> Result<SigningKeyRow, KeyError> {
     let rng = SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("key generation failed"))?;
-    let pair =
-        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Crypto("generated key unreadable"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Crypto("generated key unreadable"))?;
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
     let kid = thumbprint(&x);
     let jwk = PublicJwk {
@@ -405,9 +415,14 @@ mod tests {
         let kek = Kek::load(&KekSource::Fixed([7; 32])).await.unwrap();
         let row = generate(&kek, "https://iss", 100, 100).unwrap();
         assert!(!row.private_key.contains("PRIVATE"), "sealed, not PEM");
-        assert!(!format!("{row:?}").contains(&row.private_key), "Debug hides the sealed key");
+        assert!(
+            !format!("{row:?}").contains(&row.private_key),
+            "Debug hides the sealed key"
+        );
         let ring = KeyRing::from_rows(std::slice::from_ref(&row), &kek, 100).unwrap();
-        let (token, kid) = ring.sign("https://iss", 100, &serde_json::json!({"sub": "alice"})).unwrap();
+        let (token, kid) = ring
+            .sign("https://iss", 100, &serde_json::json!({"sub": "alice"}))
+            .unwrap();
         assert_eq!(kid, row.kid);
         let (payload, issuer) = ring.verify(&token, 100).unwrap();
         assert_eq!(issuer, "https://iss");

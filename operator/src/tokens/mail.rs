@@ -114,7 +114,8 @@ impl Mailer {
     }
 
     async fn handshake(&self, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MailError> {
-        let name = ServerName::try_from(self.settings.host.clone()).map_err(|e| self.error(format!("server name: {e}")))?;
+        let name =
+            ServerName::try_from(self.settings.host.clone()).map_err(|e| self.error(format!("server name: {e}")))?;
         self.tls
             .connect(name, tcp)
             .await

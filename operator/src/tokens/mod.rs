@@ -150,7 +150,11 @@ impl TokenService {
     }
 
     /// Local mode: the key-encryption key in `<state_dir>/signing-kek` (mode 0600).
-    pub async fn start_local(store: Store, args: &TokenArgs, state_dir: &std::path::Path) -> Result<TokenService, Error> {
+    pub async fn start_local(
+        store: Store,
+        args: &TokenArgs,
+        state_dir: &std::path::Path,
+    ) -> Result<TokenService, Error> {
         let kek = KekSource::File(state_dir.join("signing-kek"));
         TokenService::start(store, args.settings().map_err(Error::Settings)?, &kek, Clock::system()).await
     }
@@ -197,7 +201,10 @@ impl TokenService {
             .is_some_and(|t| t + self.0.settings.key_rotation <= now)
         {
             let since = now - self.0.settings.key_rotation;
-            if self.add_key(now, now + self.0.settings.publish_ahead, Some(since)).await? {
+            if self
+                .add_key(now, now + self.0.settings.publish_ahead, Some(since))
+                .await?
+            {
                 tracing::info!("rotated the signing key on schedule");
             }
         }
@@ -221,7 +228,12 @@ impl TokenService {
         Ok(self.add_key_kid(now, active_from, unless_since).await?.is_some())
     }
 
-    async fn add_key_kid(&self, now: i64, active_from: i64, unless_since: Option<i64>) -> Result<Option<String>, Error> {
+    async fn add_key_kid(
+        &self,
+        now: i64,
+        active_from: i64,
+        unless_since: Option<i64>,
+    ) -> Result<Option<String>, Error> {
         let row = keys::generate(&self.0.kek, &self.0.settings.issuer, now, active_from)?;
         // Tokens the replaced keys sign until `active_from` live one access-token
         // lifetime more, and sidecars allow their leeway on top.

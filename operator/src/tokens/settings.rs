@@ -75,7 +75,10 @@ impl TokenArgs {
         let issuer = self.issuer_url.trim_end_matches('/').to_string();
         let mut trusted = Vec::new();
         for entry in &self.auth_trusted_proxies {
-            trusted.push(Network::parse(entry).ok_or_else(|| format!("AUTH_TRUSTED_PROXIES: {entry:?} is no address or CIDR"))?);
+            trusted.push(
+                Network::parse(entry)
+                    .ok_or_else(|| format!("AUTH_TRUSTED_PROXIES: {entry:?} is no address or CIDR"))?,
+            );
         }
         let smtp = match &self.smtp_host {
             Some(host) if !host.is_empty() => {
@@ -86,7 +89,9 @@ impl TokenArgs {
                 };
                 Some(SmtpSettings {
                     host: host.clone(),
-                    port: self.smtp_port.unwrap_or(if tls == SmtpTls::Implicit { 465 } else { 587 }),
+                    port: self
+                        .smtp_port
+                        .unwrap_or(if tls == SmtpTls::Implicit { 465 } else { 587 }),
                     username: self.smtp_username.clone().filter(|u| !u.is_empty()),
                     password: self.smtp_password.clone(),
                     from: self.smtp_from.clone(),
@@ -161,10 +166,15 @@ impl Settings {
             return Err(format!("ISSUER_URL {:?} is no http(s) URL", self.issuer));
         }
         if !(60..=MAX_ACCESS_TOKEN_SECS).contains(&self.access_ttl) {
-            return Err(format!("ACCESS_TOKEN_TTL must be between 1m and {MAX_ACCESS_TOKEN_SECS}s"));
+            return Err(format!(
+                "ACCESS_TOKEN_TTL must be between 1m and {MAX_ACCESS_TOKEN_SECS}s"
+            ));
         }
         if self.refresh_ttl < self.access_ttl || self.remember_me_ttl < self.refresh_ttl {
-            return Err("REFRESH_TOKEN_TTL must be at least ACCESS_TOKEN_TTL, REMEMBER_ME_TTL at least REFRESH_TOKEN_TTL".into());
+            return Err(
+                "REFRESH_TOKEN_TTL must be at least ACCESS_TOKEN_TTL, REMEMBER_ME_TTL at least REFRESH_TOKEN_TTL"
+                    .into(),
+            );
         }
         if self.key_rotation < 3600 {
             return Err("SIGNING_KEY_ROTATION must be at least 1h".into());
@@ -289,7 +299,9 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: i64 = number.parse().map_err(|_| format!("{text:?} is no duration (e.g. 900, 15m, 12h, 30d)"))?;
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is no duration (e.g. 900, 15m, 12h, 30d)"))?;
     let factor = match unit {
         "s" => 1,
         "m" => 60,
