@@ -1,13 +1,14 @@
 //! Whether the database answers: the readiness check of the admin port and the
 //! background probe behind `portcullis_operator_database_up`, the pool gauges and the
-//! revision gauge. Both say what is wrong in words (`/readyz`) and in numbers (metrics),
+//! revision gauge. Readiness never depends on leadership: every replica serves its API
+//! and webhook, so it is Ready when the database answers and those serve (a follower
+//! that waited for the Lease would never become Ready during a rolling update). Both say what is wrong in words (`/readyz`) and in numbers (metrics),
 //! and both recover by themselves when the database is back: nothing here needs a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Readiness;
-use crate::controller::manager::Synced;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -55,16 +56,17 @@ pub async fn probe_and_record(store: &Store, metrics: &Metrics) -> Result<i64, S
     result
 }
 
-/// `/readyz`: the database answers and (when given) every controller cache is synced.
-pub fn readiness(store: Store, metrics: Arc<Metrics>, synced: Option<Arc<Synced>>) -> Readiness {
+/// A check of something this replica serves (the webhook, the API): `Err` says why not.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// `/readyz`: the database answers and every check passes. Whether this replica leads
+/// is not asked.
+pub fn readiness(store: Store, metrics: Arc<Metrics>, checks: Vec<Check>) -> Readiness {
     Readiness::new(move || {
-        let (store, metrics, synced) = (store.clone(), metrics.clone(), synced.clone());
+        let (store, metrics, checks) = (store.clone(), metrics.clone(), checks.clone());
         async move {
             probe_and_record(&store, &metrics).await?;
-            match synced {
-                Some(synced) if !synced.is_synced() => Err("controller caches not synced yet".to_string()),
-                _ => Ok(()),
-            }
+            checks.iter().try_for_each(|check| check())
         }
     })
 }

@@ -1,6 +1,7 @@
 //! Leader election with a coordination.k8s.io Lease: several operator replicas can run
 //! for availability, one reconciles (two reconcilers would race on the same rows and
-//! Secrets), every replica serves the admin port.
+//! Secrets), every replica serves the admin port, the webhook and the API, and is Ready
+//! whether it leads or not. Election is a flag: a single replica turns it off.
 
 use std::sync::Arc;
 
@@ -9,6 +10,40 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+
+/// Leader election flags (each also an environment variable).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Compete for the Lease before reconciling; `false` for a single replica, which
+    /// reconciles at once.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Seconds a Lease is held without renewal before another replica may take it.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value_t = 15)]
+    pub leader_election_lease_duration: u64,
+    /// Seconds after its last renewal within which the holder renews (less than the
+    /// lease duration; the rest is its margin).
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value_t = 10)]
+    pub leader_election_renew_deadline: u64,
+}
+
+impl LeaderArgs {
+    /// The election's settings, or why the timings cannot work.
+    pub fn config(&self, lease_name: &str, namespace: &str, identity: &str) -> Result<LeaderConfig, LeaderError> {
+        let (duration, renew) = (self.leader_election_lease_duration, self.leader_election_renew_deadline);
+        if duration < 2 || renew == 0 || renew >= duration {
+            return Err(LeaderError::Timings { duration, renew });
+        }
+        Ok(LeaderConfig {
+            lease_name: lease_name.to_string(),
+            namespace: namespace.to_string(),
+            identity: identity.to_string(),
+            duration_secs: duration,
+            // The holder renews `grace` seconds before the lease would run out.
+            grace_secs: duration - renew,
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -22,6 +57,10 @@ pub struct LeaderConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
+    #[error(
+        "LEADER_ELECTION_LEASE_DURATION={duration} and LEADER_ELECTION_RENEW_DEADLINE={renew}: the renew deadline must be at least 1 and below the lease duration"
+    )]
+    Timings { duration: u64, renew: u64 },
     #[error("cannot set up the lease {lease}: {source}")]
     Lease {
         lease: String,
@@ -88,5 +127,40 @@ impl LeaderHandle {
                 !*leading
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        leader: LeaderArgs,
+    }
+
+    #[test]
+    fn timings_become_duration_and_grace_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(cli.leader.leader_election, "on by default");
+        let config = cli.leader.config("lease", "ns", "pod-1").unwrap();
+        assert_eq!((config.duration_secs, config.grace_secs), (15, 5));
+        let off = Cli::try_parse_from(["x", "--leader-election", "false"]).unwrap();
+        assert!(!off.leader.leader_election);
+        for (duration, renew) in [("10", "10"), ("10", "0"), ("1", "1"), ("5", "9")] {
+            let cli = Cli::try_parse_from([
+                "x",
+                "--leader-election-lease-duration",
+                duration,
+                "--leader-election-renew-deadline",
+                renew,
+            ])
+            .unwrap();
+            let err = cli.leader.config("l", "n", "i").unwrap_err().to_string();
+            assert!(err.contains("LEADER_ELECTION_RENEW_DEADLINE"), "{err}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`leader`]: leader election, so that one replica reconciles.
 //! - [`local`]: local mode, the control plane without a cluster.
 //! - [`tokens`]: the token service (login, refresh, logout, sessions, passwords, JWKS).
+//! - [`webhook`]: the sidecar injection webhook and its TLS.
 
 pub mod admin;
 pub mod bootstrap;
@@ -22,3 +23,4 @@ pub mod local;
 pub mod metrics;
 pub mod store;
 pub mod tokens;
+pub mod webhook;

@@ -11,9 +11,10 @@ use futures::FutureExt;
 use portcullis_operator::admin::{self, AdminState};
 use portcullis_operator::controller::manager::{self, Namespaces, Synced};
 use portcullis_operator::controller::{Config, Context};
-use portcullis_operator::leader::{self, LeaderConfig};
+use portcullis_operator::leader::{self, LeaderArgs};
 use portcullis_operator::metrics::Metrics;
 use portcullis_operator::store::{DbConfig, Store};
+use portcullis_operator::webhook::{self, WebhookArgs};
 use portcullis_operator::{bootstrap, local};
 
 #[derive(Parser)]
@@ -65,6 +66,10 @@ enum Command {
         /// Name of the coordination Lease for leader election.
         #[arg(long, env = "LEASE_NAME", default_value = "portcullis-operator")]
         lease_name: String,
+        #[command(flatten)]
+        leader: LeaderArgs,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
     /// Apply a directory of manifests to a database without a cluster, report each
     /// object's status, and keep watching the directory (unless --once).
@@ -96,6 +101,10 @@ enum Fatal {
     Reconcile(#[from] portcullis_operator::controller::Error),
     #[error(transparent)]
     Local(#[from] local::Error),
+    #[error("webhook: {0}")]
+    Webhook(#[from] webhook::WebhookError),
+    #[error("leader election: {0}")]
+    Leader(#[from] leader::LeaderError),
     #[error("{0}")]
     Other(String),
     #[error("some manifests were refused")]
@@ -120,7 +129,9 @@ fn main() -> ExitCode {
                 watch_namespaces,
                 admin_addr,
                 lease_name,
-            } => run(common, watch_namespaces, admin_addr, lease_name).await,
+                leader,
+                webhook,
+            } => run(common, watch_namespaces, admin_addr, lease_name, leader, webhook).await,
             Command::Local {
                 common,
                 manifests,
@@ -135,7 +146,9 @@ fn main() -> ExitCode {
             // One line, no backtrace: this is what a platform engineer sees in `kubectl logs`.
             eprintln!("error: {err}");
             match err {
-                Fatal::Config(_) | Fatal::Store(portcullis_operator::store::StoreError::Config(_)) => ExitCode::from(2),
+                Fatal::Config(_)
+                | Fatal::Store(portcullis_operator::store::StoreError::Config(_))
+                | Fatal::Leader(leader::LeaderError::Timings { .. }) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -159,7 +172,13 @@ async fn run(
     watch_namespaces: Vec<String>,
     admin_addr: SocketAddr,
     lease_name: String,
+    leader_args: LeaderArgs,
+    webhook_args: WebhookArgs,
 ) -> Result<(), Fatal> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
+    // Flags first: a bad timing or sidecar default stops the start before any connection.
+    let leader_config = leader_args.config(&lease_name, &common.namespace, &identity)?;
+    webhook_args.injector(&common.namespace)?;
     let db = DbConfig::from_env()?;
     let store = Store::open(&db).await?;
     let client = kube::Client::try_default()
@@ -169,11 +188,24 @@ async fn run(
     let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics.clone());
     let synced = Arc::new(Synced::default());
 
-    // Every replica serves the admin port; only the leader reconciles.
+    // Every replica serves the admin port and the webhook, and is Ready when they serve
+    // and the database answers, leader or not; only the leader reconciles.
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
         .map_err(|e| Fatal::Other(format!("bind {admin_addr}: {e}")))?;
-    let readiness = portcullis_operator::health::readiness(store.clone(), metrics.clone(), Some(synced.clone()));
+    let mut checks: Vec<portcullis_operator::health::Check> = Vec::new();
+    if webhook_args.enabled {
+        let served = webhook::start(
+            &webhook_args,
+            &common.namespace,
+            client.clone(),
+            metrics.clone(),
+            shutdown_signal(),
+        )
+        .await?;
+        checks.push(Arc::new(served.check()));
+    }
+    let readiness = portcullis_operator::health::readiness(store.clone(), metrics.clone(), checks);
     // Database gauges, refreshed in the background so that a scrape never waits on SQL.
     tokio::spawn(portcullis_operator::health::watch(
         store.clone(),
@@ -187,21 +219,20 @@ async fn run(
     tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
     tracing::info!(%admin_addr, "admin port: /metrics /healthz /readyz");
 
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
-    let leader_config = LeaderConfig {
-        lease_name,
-        namespace: common.namespace.clone(),
-        identity,
-        duration_secs: 15,
-        grace_secs: 5,
+    let mut handle = if leader_args.leader_election {
+        let mut handle = leader::elect(client.clone(), leader_config, metrics.clone())
+            .await
+            .map_err(|e| Fatal::Other(format!("leader election: {e}")))?;
+        tokio::select! {
+            _ = handle.wait_until_leader() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+        Some(handle)
+    } else {
+        tracing::info!("leader election off: this replica reconciles");
+        metrics.set_leader(true);
+        None
     };
-    let mut handle = leader::elect(client.clone(), leader_config, metrics.clone())
-        .await
-        .map_err(|e| Fatal::Other(format!("leader election: {e}")))?;
-    tokio::select! {
-        _ = handle.wait_until_leader() => {}
-        _ = shutdown_signal() => return Ok(()),
-    }
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     tracing::info!(?report, "bootstrap done");
     let namespaces = if watch_namespaces.is_empty() {
@@ -210,9 +241,15 @@ async fn run(
         Namespaces::Only(watch_namespaces)
     };
     let stop = async move {
-        tokio::select! {
-            _ = handle.lost() => tracing::warn!("leadership lost; stopping the controllers"),
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+        match handle.as_mut() {
+            Some(handle) => tokio::select! {
+                _ = handle.lost() => tracing::warn!("leadership lost; stopping the controllers"),
+                _ = shutdown_signal() => tracing::info!("shutting down"),
+            },
+            None => {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+            }
         }
     };
     manager::run(ctx, namespaces, synced, Box::pin(stop)).await;

@@ -22,6 +22,8 @@ pub struct Metrics {
     revision: IntGauge,
     database_up: IntGauge,
     store_errors: Arc<OnceLock<Arc<ErrorCounts>>>,
+    webhook_requests: IntCounterVec,
+    webhook_cert_expiry: IntGauge,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,19 @@ impl Metrics {
             "1 when the database answered the last probe (every 5 s and at each /readyz), 0 when it did not.",
         )
         .expect("valid metric");
+        let webhook_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_operator_webhook_requests_total",
+                "Admission requests of the sidecar injection webhook by result (injected, skipped, refused, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let webhook_cert_expiry = IntGauge::new(
+            "portcullis_operator_webhook_cert_expiry_timestamp_seconds",
+            "End of validity (Unix seconds) of the webhook's serving certificate in force; 0 before one is loaded.",
+        )
+        .expect("valid metric");
         let store_errors = Arc::new(OnceLock::new());
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
@@ -96,6 +111,8 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(revision.clone()),
             Box::new(database_up.clone()),
+            Box::new(webhook_requests.clone()),
+            Box::new(webhook_cert_expiry.clone()),
             Box::new(DatabaseErrors::new(store_errors.clone()).expect("valid metric")),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -110,6 +127,8 @@ impl Metrics {
             revision,
             database_up,
             store_errors,
+            webhook_requests,
+            webhook_cert_expiry,
         }
     }
 
@@ -146,6 +165,16 @@ impl Metrics {
 
     pub fn set_revision(&self, revision: i64) {
         self.revision.set(revision);
+    }
+
+    /// Counts one admission request of the injection webhook; `result` is one of
+    /// `injected`, `skipped`, `refused`, `error` (a bounded set).
+    pub fn webhook_request(&self, result: &str) {
+        self.webhook_requests.with_label_values(&[result]).inc();
+    }
+
+    pub fn set_webhook_cert_expiry(&self, not_after: i64) {
+        self.webhook_cert_expiry.set(not_after);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -158,7 +158,7 @@ async fn bulk_apply_survives_database_faults(server: Server, kind: Kind, test: &
     let admin_addr = listener.local_addr().unwrap();
     let state = AdminState {
         metrics: metrics.clone(),
-        ready: health::readiness(store.clone(), metrics.clone(), None),
+        ready: health::readiness(store.clone(), metrics.clone(), Vec::new()),
     };
     tokio::spawn(admin::serve(listener, state, std::future::pending()));
     tokio::spawn(health::watch(

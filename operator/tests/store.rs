@@ -158,6 +158,7 @@ fn policy() -> PolicyRow {
             }),
         }],
         cors: None,
+        audit: None,
         api_versions: None,
     }
 }

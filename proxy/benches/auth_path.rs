@@ -79,6 +79,7 @@ fn snapshot() -> Snapshot {
             rules,
             cors: None,
             api_versions: None,
+            audit: None,
         }],
         jwt_issuers: vec![JwtIssuer {
             issuer: "https://auth.bench".into(),
@@ -114,6 +115,8 @@ fn bench(c: &mut Criterion) {
         trusted: TrustedProxies::default(),
         forwarded_certs: None,
         max_body_bytes: 1 << 20,
+        max_staleness: None,
+        audit: false,
     };
     let conn = Conn::new("127.0.0.1:40000".parse().expect("addr"), false, None);
     let claims = serde_json::json!({

@@ -24,14 +24,23 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_listen")]
     pub tls_key: Option<PathBuf>,
+    /// How often the TLS certificate and key files are checked for a rotated pair, seconds.
+    #[arg(long, env = "PORTCULLIS_TLS_RELOAD_SECONDS", default_value = "10", value_parser = seconds)]
+    pub tls_reload: Duration,
     /// CA bundle for client certificates: on the TLS listener, and for X-Client-Cert.
     #[arg(long, env = "PORTCULLIS_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
     /// Client certificates on the TLS listener: none, optional or required.
     #[arg(long, env = "PORTCULLIS_CLIENT_AUTH", default_value = "none")]
     pub client_auth: ClientAuth,
-    /// Admin listener: /metrics, /healthz, /readyz.
-    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    /// Admin listener: /metrics, /healthz, /readyz. Loopback by default (local use); an
+    /// injected sidecar listens on 0.0.0.0:9090 for the kubelet's probes and Prometheus.
+    #[arg(
+        long,
+        visible_alias = "admin-addr",
+        env = "PORTCULLIS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9901"
+    )]
     pub admin_listen: SocketAddr,
 
     /// The app, on localhost (e.g. http://127.0.0.1:3000).
@@ -47,12 +56,33 @@ pub struct Config {
     /// Policy snapshot from a JSON file, re-read when it changes.
     #[arg(long, env = "PORTCULLIS_SNAPSHOT_FILE", conflicts_with = "control_plane")]
     pub snapshot_file: Option<PathBuf>,
-    /// Policy snapshots from the control plane (long poll), e.g. http://portcullis.portcullis-system:8081.
+    /// The control plane, e.g. https://portcullis.portcullis-system:8443: policy snapshots
+    /// (long poll), the audit sink, and the auth route. https:// needs --control-plane-ca;
+    /// plain http:// is accepted only to a loopback address.
     #[arg(long, env = "PORTCULLIS_CONTROL_PLANE")]
     pub control_plane: Option<String>,
-    /// Bearer token presented to the control plane (a projected service-account token in a cluster).
+    /// CA bundle (PEM) the control plane's certificate is verified against.
+    #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+    /// Bearer token presented to the control plane (a projected service-account token in a
+    /// cluster), re-read before every request.
     #[arg(long, env = "PORTCULLIS_CONTROL_PLANE_TOKEN_FILE")]
     pub control_plane_token_file: Option<PathBuf>,
+    /// Refuse every request (503 policy_stale) once the snapshot's source has been silent
+    /// this long, seconds. Off by default: the last good snapshot is enforced (fail-static).
+    #[arg(long, env = "PORTCULLIS_MAX_STALENESS", value_parser = seconds)]
+    pub max_staleness: Option<Duration>,
+    /// Requests under this path prefix (and /.well-known/jwks.json,
+    /// /.well-known/openid-configuration) go to the control plane's token service, not to
+    /// the app, without authentication. Only with --control-plane.
+    #[arg(long, env = "PORTCULLIS_AUTH_PREFIX", default_value = portcullis_wire::api::AUTH_PREFIX)]
+    pub auth_prefix: String,
+    /// Audit records held for sending to the control plane; more are dropped (counted).
+    #[arg(long, env = "PORTCULLIS_AUDIT_QUEUE", default_value = "10000")]
+    pub audit_queue: usize,
+    /// The pod's name, in audit records.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
     /// The pod's namespace: AccessPolicies of this namespace apply.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -131,6 +161,10 @@ pub enum ConfigError {
     HeaderLimitTooSmall,
     #[error(transparent)]
     Upstream(#[from] UpstreamUrlError),
+    #[error("{0}")]
+    ControlPlane(String),
+    #[error("--auth-prefix {0:?}: must start and end with /")]
+    AuthPrefix(String),
 }
 
 impl Config {
@@ -149,6 +183,13 @@ impl Config {
             return Err(ConfigError::HeaderLimitTooSmall);
         }
         upstream_authority(&self.upstream)?;
+        if let Some(url) = &self.control_plane {
+            crate::control_plane::check_address(url, self.control_plane_ca.is_some())
+                .map_err(|e| ConfigError::ControlPlane(e.to_string()))?;
+        }
+        if !(self.auth_prefix.starts_with('/') && self.auth_prefix.ends_with('/') && self.auth_prefix.len() > 1) {
+            return Err(ConfigError::AuthPrefix(self.auth_prefix.clone()));
+        }
         Ok(())
     }
 }
@@ -195,5 +236,37 @@ mod tests {
             labels.pod_labels,
             [("app".into(), "api".into()), ("tier".into(), "web".into())]
         );
+    }
+
+    #[test]
+    fn the_control_plane_is_verified_or_on_loopback() {
+        let with = |extra: &[&str]| {
+            let mut args = vec!["p", "--upstream", "http://127.0.0.1:1"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap().validate()
+        };
+        assert_eq!(with(&["--control-plane", "http://127.0.0.1:7070"]), Ok(()));
+        let remote = with(&["--control-plane", "http://cp.portcullis-system:8443"]).unwrap_err();
+        assert!(remote.to_string().contains("loopback"), "{remote}");
+        let no_ca = with(&["--control-plane", "https://cp:8443"]).unwrap_err();
+        assert!(no_ca.to_string().contains("--control-plane-ca"), "{no_ca}");
+        assert_eq!(
+            with(&["--control-plane", "https://cp:8443", "--control-plane-ca", "ca.pem"]),
+            Ok(())
+        );
+        assert_eq!(
+            with(&["--control-plane", "http://127.0.0.1:7070", "--auth-prefix", "/auth"]),
+            Err(ConfigError::AuthPrefix("/auth".into()))
+        );
+        let c = Config::try_parse_from([
+            "p",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--control-plane",
+            "http://[::1]:1",
+        ])
+        .unwrap();
+        assert_eq!(c.auth_prefix, "/api/v1/auth/");
+        assert_eq!(c.max_staleness, None, "fail-static unless asked");
     }
 }

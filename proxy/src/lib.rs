@@ -12,12 +12,16 @@
 //!   compiled and installed.
 //!
 //! [`metrics`] and [`admin`] report on all three; [`config`] is the command line.
+//! [`control_plane`] is the verified channel to the control plane that the feed, the
+//! [`report`]s (audit records, unknown key ids) and the transport's auth route share.
 
 pub mod admin;
 pub mod config;
+pub mod control_plane;
 pub mod feed;
 pub mod metrics;
 pub mod policy;
+pub mod report;
 pub mod sidecar;
 pub mod transport;
 

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Every label is bounded: rule names come from the policy,
 //! never from the request; methods outside the known set are `other`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::policy::snapshot::Current;
 
@@ -17,6 +19,9 @@ pub struct Metrics {
     pub snapshot_revision: IntGauge,
     pub snapshot_age: IntGauge,
     pub snapshot_updates: IntCounterVec,
+    pub audit_sent: IntCounter,
+    pub audit_dropped: IntCounter,
+    pub unknown_kid_reports: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,7 +63,7 @@ impl Metrics {
         );
         let upstream_errors = counter(
             "portcullis_proxy_upstream_errors_total",
-            "Requests the app did not answer, by kind (connect, timeout, closed, malformed, head_too_large, protocol), and response bodies the app broke off (body_truncated).",
+            "Requests the app did not answer, by kind (connect, timeout, closed, malformed, head_too_large, protocol), response bodies the app broke off (body_truncated), and auth-route requests the control plane did not answer (control_plane).",
             &["kind"],
         );
         let limits = counter(
@@ -71,7 +76,25 @@ impl Metrics {
             "Client connections accepted, by listener (http, tls).",
             &["listener"],
         );
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
         Metrics {
+            audit_sent: plain(
+                "portcullis_audit_sent_total",
+                "Audit records the control plane accepted.",
+            ),
+            audit_dropped: plain(
+                "portcullis_audit_dropped_total",
+                "Audit records dropped: the queue was full, or the control plane did not take them after retries.",
+            ),
+            unknown_kid_reports: counter(
+                "portcullis_proxy_unknown_kid_reports_total",
+                "Reports to the control plane of a JWT key id its issuer has no key for, by result (sent, failed, dropped).",
+                &["result"],
+            ),
             requests,
             latency,
             auth,
@@ -85,7 +108,7 @@ impl Metrics {
             ),
             snapshot_age: gauge(
                 "portcullis_proxy_snapshot_age_seconds",
-                "Seconds since the control plane (or file) last confirmed the snapshot in force; grows while it is unreachable.",
+                "Seconds since the control plane last answered (or the file was last checked); grows while it is unreachable. Past --max-staleness requests are refused.",
             ),
             snapshot_updates: counter(
                 "portcullis_proxy_snapshot_updates_total",

@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::admin;
 use crate::config::{Config, ConfigError};
+use crate::control_plane::{ChannelError, Endpoint};
 use crate::feed::{self, Installer};
 use crate::metrics::Metrics;
 use crate::policy::certs::{CertError, ForwardedCertVerifier};
@@ -21,6 +22,8 @@ use crate::policy::client_ip::TrustedProxies;
 use crate::policy::gate::Gate;
 use crate::policy::ratelimit::Limiter;
 use crate::policy::snapshot::{Current, Pod};
+use crate::report::Reporter;
+use crate::transport::auth_route::AuthRoute;
 use crate::transport::listener::{self, Limits};
 use crate::transport::tls::{self, TlsError};
 use crate::transport::upstream::{Upstream, UpstreamUrlError};
@@ -37,6 +40,8 @@ pub enum StartError {
     ClientCa(#[from] CertError),
     #[error(transparent)]
     Upstream(#[from] UpstreamUrlError),
+    #[error(transparent)]
+    ControlPlane(#[from] ChannelError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -79,15 +84,38 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(ca) => Some(ForwardedCertVerifier::new(tls::read_certificates(ca)?)?),
         None => None,
     };
-    let tls_acceptor = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
-        (Some(_), Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(
-            cert,
-            key,
-            config.client_ca.as_deref(),
-            config.client_auth,
-        )?)),
-        _ => None,
+    let (tls_acceptor, cert_files) = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let files = tls::CertFiles::load(cert, key)?;
+            let acceptor = TlsAcceptor::from(tls::reloading_server_config(
+                files.clone(),
+                config.client_ca.as_deref(),
+                config.client_auth,
+            )?);
+            (Some(acceptor), Some(files))
+        }
+        _ => (None, None),
     };
+    let control_plane = match &config.control_plane {
+        Some(url) => Some(Endpoint::new(
+            url,
+            config.control_plane_ca.as_deref(),
+            config.control_plane_token_file.clone(),
+        )?),
+        None => None,
+    };
+    let mut background = Vec::new();
+    let reporter = control_plane.as_ref().map(|endpoint| {
+        let (reporter, tasks) = Reporter::start(
+            endpoint.clone(),
+            config.audit_queue,
+            metrics.clone(),
+            config.namespace.clone(),
+            config.pod_name.clone(),
+        );
+        background.extend(tasks);
+        reporter
+    });
     let proxy = Arc::new(Proxy {
         gate: Gate {
             current: current.clone(),
@@ -97,6 +125,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             trusted: TrustedProxies::new(config.trusted_proxies.clone()),
             forwarded_certs,
             max_body_bytes: config.max_body_bytes,
+            max_staleness: config
+                .max_staleness
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            audit: reporter.is_some(),
         },
         upstream: Upstream::new(
             &config.upstream,
@@ -104,6 +136,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             config.upstream_timeout,
             metrics.upstream_errors.with_label_values(&["body_truncated"]),
         )?,
+        auth_route: control_plane
+            .as_ref()
+            .map(|endpoint| AuthRoute::new(endpoint, config.auth_prefix.clone(), config.upstream_timeout)),
+        reporter,
     });
 
     let bind = |addr: SocketAddr| async move {
@@ -139,18 +175,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         // Before accepting: a sidecar that listens already enforces its policy.
         installer.apply(&bytes, &path.display().to_string());
     }
-    let mut background = vec![tokio::spawn(admin::serve(
+    if let Some(files) = cert_files {
+        // cert-manager (or the operator) rotates the mounted files: served without a restart.
+        background.push(tokio::spawn(files.watch(config.tls_reload)));
+    }
+    background.push(tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
         current.clone(),
-    ))];
-    background.push(match (&config.snapshot_file, &config.control_plane) {
+    )));
+    background.push(match (&config.snapshot_file, control_plane) {
         (Some(path), _) => tokio::spawn(feed::file::watch(path.clone(), Duration::from_secs(1), installer)),
-        (None, Some(base)) => tokio::spawn(feed::control_plane::poll(
-            base.clone(),
-            config.control_plane_token_file.clone(),
-            installer,
-        )),
+        (None, Some(endpoint)) => tokio::spawn(feed::control_plane::poll(endpoint, installer)),
         (None, None) => return Err(ConfigError::NoSnapshotSource.into()),
     });
 

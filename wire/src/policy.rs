@@ -183,6 +183,34 @@ pub struct ApiVersions {
     pub deprecated: Vec<ApiVersion>,
 }
 
+/// What the sidecars enforcing a policy send to the audit log besides denials (which are
+/// always sent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSettings {
+    /// Share of allowed requests audited, from 0 (none, the default) to 1 (every one);
+    /// each allowed request is sampled independently.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
+    pub allows: f64,
+}
+
+impl AuditSettings {
+    /// The sample rate, clamped to `0.0..=1.0` (NaN is 0: audit nothing extra).
+    pub fn allow_rate(&self) -> f64 {
+        if self.allows.is_nan() {
+            0.0
+        } else {
+            self.allows.clamp(0.0, 1.0)
+        }
+    }
+}
+
+fn is_zero(f: &f64) -> bool {
+    *f == 0.0
+}
+
 /// Selects pods by label, with the semantics of a Kubernetes `LabelSelector`: every
 /// `matchLabels` entry and every `matchExpressions` requirement must hold. An empty
 /// selector selects every pod in the namespace.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ApiVersions, Cors, LabelSelector, PolicyRule, RateLimit, TeamRole};
+use crate::policy::{ApiVersions, AuditSettings, Cors, LabelSelector, PolicyRule, RateLimit, TeamRole};
 
 /// A consistent view of the control plane's database at `revision`.
 ///
@@ -166,7 +166,8 @@ pub struct SourceEntry {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Not `Eq`: the audit sample rate is a float.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyEntry {
     pub namespace: String,
     pub name: String,
@@ -174,4 +175,7 @@ pub struct PolicyEntry {
     pub rules: Vec<PolicyRule>,
     pub cors: Option<Cors>,
     pub api_versions: Option<ApiVersions>,
+    /// Allowed requests to audit (denials always are); absent from older control planes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSettings>,
 }

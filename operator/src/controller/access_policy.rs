@@ -32,6 +32,7 @@ impl Reconciler for AccessPolicy {
             rules: self.spec.rules.clone(),
             cors: self.spec.cors.clone(),
             api_versions: self.spec.api_versions.clone(),
+            audit: self.spec.audit.clone(),
         };
         ctx.store.upsert_policy(&row).await?;
         Ok(Verdict::ready(format!("{} rule(s)", row.rules.len())).into())

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use portcullis_wire::OwnerKind;
 
 use super::{Context, Result};
@@ -46,7 +47,18 @@ pub async fn ensure(
     rotate: bool,
 ) -> Result<KeyState> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), grant.namespace);
-    let existing = secrets.get_opt(secret_name).await?.and_then(|s| key_of(&s));
+    let secret = secrets.get_opt(secret_name).await?;
+    if let Some(secret) = &secret
+        && secret.labels().get(super::manager::MANAGED_BY).map(String::as_str) != Some(super::MANAGER)
+    {
+        // Made before Secrets were labelled: the owned-Secret watch selects on the label.
+        let labels = BTreeMap::from([(super::manager::MANAGED_BY, super::MANAGER)]);
+        let label = serde_json::json!({"metadata": {"labels": labels}});
+        secrets
+            .patch(secret_name, &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+    }
+    let existing = secret.and_then(|s| key_of(&s));
     let stored = ctx.store.api_keys_of(grant.namespace, grant.object).await?;
     let now = unix_now();
     let state = match existing {
@@ -144,7 +156,7 @@ async fn write_secret(secrets: &Api<Secret>, name: &str, owner: OwnerReference, 
             name: Some(name.to_string()),
             owner_references: Some(vec![owner]),
             labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
+                super::manager::MANAGED_BY.to_string(),
                 super::MANAGER.to_string(),
             )])),
             ..ObjectMeta::default()
@@ -162,6 +174,11 @@ async fn write_secret(secrets: &Api<Secret>, name: &str, owner: OwnerReference, 
         }
         Some(current) => {
             let mut updated = current;
+            updated
+                .metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(super::manager::MANAGED_BY.to_string(), super::MANAGER.to_string());
             updated.data = secret.data;
             updated.string_data = None;
             secrets.replace(name, &PostParams::default(), &updated).await?;

@@ -2,6 +2,12 @@
 //! change to one object re-reconcile the objects that name it: a Role → the Users
 //! holding it; a password Secret → its User; a User → the Teams and APIKeys naming it;
 //! a Source → its APIKeys; a Team → its Sources; an owned Secret → its owner.
+//!
+//! Owned Secrets are watched once per watched scope (not once per kind), and only those
+//! labelled `app.kubernetes.io/managed-by=portcullis-operator` (every Secret the operator
+//! creates carries it): the operator never lists the cluster's other Secrets, and with
+//! `WATCH_NAMESPACES` its RBAC on Secrets can be namespaced Roles. Password Secrets of
+//! Users are read in the operator's namespace only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +16,13 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Config as WatchConfig;
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
 
-use super::{Context, error_policy, reconcile};
+use super::{Context, MANAGER, error_policy, reconcile};
 use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
 
 /// Which namespaces the namespaced controllers (APIKey, Source, AccessPolicy) watch.
@@ -26,20 +33,82 @@ pub enum Namespaces {
     Only(Vec<String>),
 }
 
+/// Label of every Secret the operator creates (value [`MANAGER`]); the owned-Secret
+/// watch selects on it.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// The label selector of the Secrets the operator manages.
+pub fn managed_secrets() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
 impl Namespaces {
-    /// The API of `K` per watched scope, with the Secrets API of the same scope.
-    fn apis<K>(&self, client: &Client) -> Vec<(Api<K>, Api<Secret>)>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
+    /// The watched scopes: `None` for the whole cluster, else one namespace each.
+    fn scopes(&self) -> Vec<Option<String>> {
         match self {
-            Namespaces::All => vec![(Api::all(client.clone()), Api::all(client.clone()))],
-            Namespaces::Only(list) => list
-                .iter()
-                .map(|ns| (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)))
-                .collect(),
+            Namespaces::All => vec![None],
+            Namespaces::Only(list) => list.iter().cloned().map(Some).collect(),
         }
     }
+}
+
+/// The API of `K` in a scope.
+fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+    }
+}
+
+/// One watch of the managed Secrets of `secrets`, fanned out to `outputs` streams (one
+/// per owning controller); the watch ends with `shutdown` or when every output is gone.
+fn managed_secret_streams(
+    secrets: Api<Secret>,
+    outputs: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    BoxFuture<'static, ()>,
+    Vec<futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>>,
+) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..outputs).map(|_| mpsc::channel::<Secret>(256)).unzip();
+    let config = WatchConfig::default().any_semantic().labels(&managed_secrets());
+    let fan_out = async move {
+        let mut events = std::pin::pin!(watcher(secrets, config).default_backoff().touched_objects());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(secret) => {
+                    let mut delivered = false;
+                    for sender in &senders {
+                        delivered |= sender.send(secret.clone()).await.is_ok();
+                    }
+                    if !delivered {
+                        break;
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "managed Secrets watch"),
+            }
+        }
+    };
+    let driver: BoxFuture<'static, ()> = Box::pin(async move {
+        tokio::select! {
+            () = fan_out => {}
+            () = shutdown => {}
+        }
+    });
+    let streams = receivers
+        .into_iter()
+        .map(|rx| {
+            futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|secret| (Ok(secret), rx)) },
+            )
+            .boxed()
+        })
+        .collect();
+    (driver, streams)
 }
 
 /// Set once every controller's cache has its first full list: what `/readyz` waits for.
@@ -106,13 +175,21 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
         .graceful_shutdown_on(shutdown.clone());
     controllers.push(drive(teams.run(reconcile::<Team>, error_policy, ctx.clone())));
 
-    for (api, secrets) in namespaces.apis::<Source>(&client) {
+    for scope in namespaces.scopes() {
+        let scope = scope.as_deref();
+        // One watch of the managed Secrets of this scope, for both kinds that own some.
+        let (driver, mut owned) = managed_secret_streams(api::<Secret>(&client, scope), 2, shutdown.clone());
+        controllers.push(driver);
+        let (Some(key_secrets), Some(source_secrets)) = (owned.pop(), owned.pop()) else {
+            continue;
+        };
+
         // Source ← Team, owned key Secret
-        let sources = Controller::new(api.clone(), wc.clone());
+        let sources = Controller::new(api::<Source>(&client, scope), wc.clone());
         let source_store = sources.store();
         stores.push(ready(source_store.clone()));
         let sources = sources
-            .owns(secrets, wc.clone())
+            .owns_stream(source_secrets)
             .watches(Api::<Team>::all(client.clone()), wc.clone(), move |team: Team| {
                 let name = team.name_any();
                 refs(&source_store, |s: &Source| {
@@ -121,17 +198,15 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             })
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(sources.run(reconcile::<Source>, error_policy, ctx.clone())));
-    }
 
-    for (api, secrets) in namespaces.apis::<ApiKey>(&client) {
         // APIKey ← User, Source, owned key Secret
-        let keys = Controller::new(api.clone(), wc.clone());
+        let keys = Controller::new(api::<ApiKey>(&client, scope), wc.clone());
         let by_user = keys.store();
         let by_source = keys.store();
         stores.push(ready(keys.store()));
         let sources = Api::<Source>::all(client.clone());
         let keys = keys
-            .owns(secrets, wc.clone())
+            .owns_stream(key_secrets)
             .watches(Api::<User>::all(client.clone()), wc.clone(), move |user: User| {
                 let name = user.name_any();
                 refs(&by_user, |k: &ApiKey| {
@@ -146,10 +221,9 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             })
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(keys.run(reconcile::<ApiKey>, error_policy, ctx.clone())));
-    }
 
-    for (api, _) in namespaces.apis::<AccessPolicy>(&client) {
-        let policies = Controller::new(api, wc.clone()).graceful_shutdown_on(shutdown.clone());
+        let policies =
+            Controller::new(api::<AccessPolicy>(&client, scope), wc.clone()).graceful_shutdown_on(shutdown.clone());
         stores.push(ready(policies.store()));
         controllers.push(drive(policies.run(
             reconcile::<AccessPolicy>,

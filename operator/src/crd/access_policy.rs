@@ -1,7 +1,7 @@
 //! `AccessPolicy` (namespaced): who may call what on the pods it selects.
 
 use kube::CustomResource;
-use portcullis_wire::{ApiVersions, Cors, LabelSelector, PolicyRule};
+use portcullis_wire::{ApiVersions, AuditSettings, Cors, LabelSelector, PolicyRule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -49,4 +49,8 @@ pub struct AccessPolicySpec {
     /// Current and deprecated API versions; deprecated ones get `Deprecation` and `Sunset` headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_versions: Option<ApiVersions>,
+    /// Allowed requests the sidecars send to the audit log (denials always are), e.g.
+    /// `{allows: 0.01}` for one in a hundred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSettings>,
 }

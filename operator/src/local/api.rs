@@ -96,6 +96,14 @@ const KINDS: &[Kind] = &[
         status: false,
     },
     Kind {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "mutatingwebhookconfigurations",
+        kind: "MutatingWebhookConfiguration",
+        namespaced: false,
+        status: false,
+    },
+    Kind {
         group: "events.k8s.io",
         version: "v1",
         plural: "events",
@@ -164,7 +172,7 @@ impl MemoryApi {
         let body: Option<Value> = if bytes.is_empty() {
             None
         } else {
-            match serde_json::from_slice(&bytes).or_else(|_| serde_yaml::from_slice(&bytes)) {
+            match serde_json::from_slice(&bytes).or_else(|_| yaml_serde::from_slice(&bytes)) {
                 Ok(v) => Some(v),
                 Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("body is not JSON: {e}")),
             }

@@ -79,7 +79,7 @@ pub fn parse_file(
     text: &str,
 ) -> Result<(Vec<Manifest>, Vec<Problem>), Problem> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in yaml_serde::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| Problem {
             file: file.to_string(),
             object: None,
@@ -156,6 +156,14 @@ mod tests {
         let validator = crd::validate::Validator::new();
         let err = parse_file(&validator, "broken.yaml", "kind: User\nmetadata: [unclosed").unwrap_err();
         assert!(err.to_string().starts_with("broken.yaml: invalid YAML"), "{err}");
+        // The position, so that a person finds the mistake.
+        let err = parse_file(
+            &validator,
+            "tabs.yaml",
+            "kind: User\nmetadata:\n  name: a\n\tspec: {}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 4"), "{err}");
         let text = "apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: ok}\nspec: {email: ok@example.com}\n---\n\
                     apiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata: {name: bad}\nspec: {email: nope}\n---\n\
                     apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n";

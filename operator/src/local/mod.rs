@@ -70,7 +70,7 @@ pub enum Error {
     SavedSecret {
         path: String,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
 }
 

@@ -41,7 +41,7 @@ pub fn save_secrets(state: &Path, secrets: &BTreeMap<(String, String), Secret>) 
             labels: secret.metadata.labels.clone(),
             ..Default::default()
         };
-        let yaml = serde_yaml::to_string(&clean).map_err(std::io::Error::other)?;
+        let yaml = yaml_serde::to_string(&clean).map_err(std::io::Error::other)?;
         let file = files.entry(namespace.as_str()).or_default();
         file.push_str(&format!("---\n# {name}\n{yaml}"));
     }
@@ -66,7 +66,7 @@ pub async fn restore_secrets(client: &Client, state: &Path) -> Result<usize, Err
     {
         let path = file.path();
         let text = std::fs::read_to_string(&path).map_err(Error::Read)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in yaml_serde::Deserializer::from_str(&text) {
             let secret: Secret = serde::Deserialize::deserialize(doc).map_err(|source| Error::SavedSecret {
                 path: path.display().to_string(),
                 source,

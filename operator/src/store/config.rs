@@ -1,4 +1,8 @@
-//! Database configuration from the environment: `DATABASE_URL`, or `DB_TYPE` and friends.
+//! Database configuration from the environment: `DATABASE_URL`, or `DB_TYPE` and friends,
+//! and TLS: the URL's own `sslmode` (PostgreSQL: `require`, `verify-ca`, `verify-full`)
+//! or `ssl-mode` (MySQL/MariaDB: `REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY`), with the CA
+//! from `DATABASE_CA_FILE` (sqlx speaks TLS with rustls; without a CA file the system's
+//! roots verify the server).
 
 use std::time::Duration;
 
@@ -106,6 +110,10 @@ impl DbConfig {
                 (backend, url_from_parts(backend, &get)?)
             }
         };
+        let url = match get("DATABASE_CA_FILE") {
+            Some(ca) => with_ca_file(backend, &url, &ca)?,
+            None => url,
+        };
         let pool_size = match get("DB_POOL_SIZE") {
             Some(v) => v
                 .trim()
@@ -162,6 +170,36 @@ impl DbConfig {
             _ => self.url.clone(),
         }
     }
+}
+
+/// Adds the CA file to the URL (`sslrootcert` for PostgreSQL, `ssl-ca` for MySQL) and,
+/// when the URL names no TLS mode, full verification (a CA is given to be used).
+fn with_ca_file(backend: Backend, raw: &str, ca: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "DATABASE_CA_FILE",
+        reason,
+    };
+    let (ca_key, mode_key, verify_all) = match backend {
+        Backend::Postgres => ("sslrootcert", "sslmode", "verify-full"),
+        Backend::MySql => ("ssl-ca", "ssl-mode", "VERIFY_IDENTITY"),
+        Backend::Sqlite => return Err(invalid("SQLite is a file: it has no TLS".into())),
+    };
+    std::fs::metadata(ca).map_err(|e| invalid(format!("{ca}: {e}")))?;
+    let mut url = Url::parse(raw).map_err(|e| ConfigError::MalformedUrl(e.to_string()))?;
+    let has = |key: &str| url.query_pairs().any(|(k, _)| k == key);
+    if has(ca_key) {
+        return Err(ConfigError::Conflict(format!(
+            "DATABASE_CA_FILE and the URL's {ca_key} both name a CA"
+        )));
+    }
+    let add_mode = !has(mode_key);
+    let mut query = url.query_pairs_mut();
+    query.append_pair(ca_key, ca);
+    if add_mode {
+        query.append_pair(mode_key, verify_all);
+    }
+    drop(query);
+    Ok(url.to_string())
 }
 
 /// `2 × cores + 1`, the classic sizing for a pool whose work is mostly waiting on I/O.
@@ -290,6 +328,49 @@ mod tests {
         let c = cfg(&[("DB_TYPE", "sqlite"), ("DB_NAME", "/tmp/p.db")]).unwrap();
         assert_eq!(c.backend, Backend::Sqlite);
         assert_eq!(c.url(), "sqlite:///tmp/p.db?mode=rwc");
+    }
+
+    #[test]
+    fn a_ca_file_goes_into_the_url_with_full_verification_unless_a_mode_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = cfg(&[("DATABASE_URL", "postgres://u@db:5432/p"), ("DATABASE_CA_FILE", ca)]).unwrap();
+        let expected = format!(
+            "postgres://u@db:5432/p?sslrootcert={}&sslmode=verify-full",
+            ca.replace('/', "%2F")
+        );
+        assert_eq!(c.url(), expected);
+        let c = cfg(&[
+            ("DATABASE_URL", "postgres://u@db/p?sslmode=verify-ca"),
+            ("DATABASE_CA_FILE", ca),
+        ])
+        .unwrap();
+        assert!(
+            c.url().contains("sslmode=verify-ca") && !c.url().contains("verify-full"),
+            "{}",
+            c.url()
+        );
+        let c = cfg(&[("DATABASE_URL", "mariadb://root@db/p"), ("DATABASE_CA_FILE", ca)]).unwrap();
+        assert!(c.url().starts_with("mysql://root@db/p?ssl-ca="), "{}", c.url());
+        assert!(c.url().ends_with("&ssl-mode=VERIFY_IDENTITY"), "{}", c.url());
+        let err = |vars: &[(&str, &str)]| cfg(vars).unwrap_err().to_string();
+        assert!(err(&[("DATABASE_URL", "sqlite://x.db"), ("DATABASE_CA_FILE", ca)]).contains("no TLS"));
+        assert!(
+            err(&[
+                ("DATABASE_URL", "postgres://u@db/p"),
+                ("DATABASE_CA_FILE", "/nonexistent/ca.pem")
+            ])
+            .contains("DATABASE_CA_FILE")
+        );
+        assert!(
+            err(&[
+                ("DATABASE_URL", "postgres://u@db/p?sslrootcert=/a.pem"),
+                ("DATABASE_CA_FILE", ca)
+            ])
+            .contains("both name a CA")
+        );
     }
 
     #[test]

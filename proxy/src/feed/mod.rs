@@ -36,6 +36,13 @@ impl Installer {
                 return false;
             }
         };
+        let previous_epoch = self.current.load().map(|c| c.epoch.clone());
+        if let Some(previous) = previous_epoch
+            && previous != snapshot.epoch
+        {
+            warn!(feed = origin, previous_epoch = %previous, epoch = %snapshot.epoch, revision = snapshot.revision,
+                "the control plane's epoch changed (database restored or replaced): installing its snapshot whatever the revision");
+        }
         match self.current.install(&snapshot, &self.pod, self.jwt_cache) {
             Ok(problems) => {
                 for problem in problems {

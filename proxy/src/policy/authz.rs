@@ -66,12 +66,27 @@ impl Matcher {
         })
     }
 
+    /// The rule at `index` in the list compiled.
+    pub fn rule(&self, index: usize) -> Option<&PolicyRule> {
+        self.rules.get(index)
+    }
+
     /// The first rule whose methods and paths match, with the captured team.
     pub fn find<'m, 'p>(
         &'m self,
         method: HttpMethod,
         path: &'p NormalizedPath,
     ) -> Option<(&'m PolicyRule, Option<&'p str>)> {
+        self.find_indexed(method, path).map(|(_, rule, team)| (rule, team))
+    }
+
+    /// [`Matcher::find`], with the rule's index in the list compiled (what per-rule
+    /// settings beside the matcher are looked up by).
+    pub fn find_indexed<'m, 'p>(
+        &'m self,
+        method: HttpMethod,
+        path: &'p NormalizedPath,
+    ) -> Option<(usize, &'m PolicyRule, Option<&'p str>)> {
         let mut best = None;
         let allows = |(r, _): Target| {
             self.rules
@@ -79,7 +94,7 @@ impl Matcher {
                 .is_some_and(|rule| rule.methods.is_empty() || rule.methods.contains(&method))
         };
         self.root.walk(&path.segments, None, &allows, &mut best);
-        best.and_then(|((r, _), team)| self.rules.get(r).map(|rule| (rule, team)))
+        best.and_then(|((r, _), team)| self.rules.get(r).map(|rule| (r, rule, team)))
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
+use portcullis_wire::api::UnknownKid;
 use portcullis_wire::{ClaimSource, HttpMethod, PolicyRule};
 use tracing::{debug, info};
 
@@ -36,6 +37,11 @@ pub struct Gate {
     pub trusted: TrustedProxies,
     pub forwarded_certs: Option<ForwardedCertVerifier>,
     pub max_body_bytes: u64,
+    /// Past this many seconds without word from the snapshot's source, every request is
+    /// refused (503 `policy_stale`) rather than decided on an old policy. Off by default.
+    pub max_staleness: Option<i64>,
+    /// Whether decisions are audited: denials always, allows as their policy asks.
+    pub audit: bool,
 }
 
 /// What is known about the connection a request came on.
@@ -199,6 +205,16 @@ pub struct Trace {
     pub reason: &'static str,
     /// Why the request was refused, as the client was told.
     pub refusal: Option<String>,
+    /// The decision goes to the audit log: a denial, or an allow its policy's sample drew
+    /// (only when the gate audits at all).
+    pub audited: bool,
+    /// Index of the rule that matched in the snapshot's matcher.
+    pub rule_index: Option<usize>,
+    /// `policy/rule` of the rule that matched, for an audited request.
+    pub audit_rule: Option<String>,
+    /// A bearer token's `kid` that no key of its (known) issuer has: the control plane is
+    /// told, so it can refetch that issuer's keys.
+    pub unknown_kid: Option<UnknownKid>,
 }
 
 impl Default for Trace {
@@ -211,6 +227,10 @@ impl Default for Trace {
             method: AuthMethod::Anonymous,
             reason: "",
             refusal: None,
+            audited: false,
+            rule_index: None,
+            audit_rule: None,
+            unknown_kid: None,
         }
     }
 }
@@ -255,7 +275,16 @@ impl Gate {
         };
         let verdict = match self.decide(conn, method, target, headers, &mut trace) {
             Ok(verdict) => verdict,
-            Err(refused) => Verdict::Answer(self.refuse(refused, &mut trace)),
+            Err(refused) => {
+                // Denials are always audited; allows were sampled as they were admitted.
+                if self.audit {
+                    trace.audited = true;
+                    if let Some(index) = trace.rule_index {
+                        trace.audit_rule = self.current.load().map(|s| s.rule_label(index));
+                    }
+                }
+                Verdict::Answer(self.refuse(refused, &mut trace))
+            }
         };
         (verdict, trace)
     }
@@ -326,6 +355,18 @@ impl Gate {
         answer
     }
 
+    /// The answer to every request while the snapshot is older than the maximum
+    /// staleness allows.
+    fn stale(&self, max: i64) -> Refused {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_stale",
+            format!(
+                "the sidecar has not heard from the control plane for more than {max} s (its maximum staleness); requests are refused until it does"
+            ),
+        )
+    }
+
     fn decide(
         &self,
         conn: &Conn,
@@ -341,6 +382,12 @@ impl Gate {
                 "the sidecar has no policy snapshot yet; requests are refused until it has one",
             )
         })?;
+        if let Some(max) = self.max_staleness
+            && self.current.older_than(max, portcullis_wire::unix_now())
+        {
+            trace.reason = "policy_stale";
+            return Err(self.stale(max));
+        }
         if let Some(cors) = &snapshot.cors
             && cors::is_preflight(method, headers)
         {
@@ -433,9 +480,11 @@ impl Gate {
             None
         };
 
-        let found = snapshot.matcher.find(method, &path);
-        let rule = found.map(|(rule, _)| rule);
+        let found = snapshot.matcher.find_indexed(method, &path);
+        let rule = found.map(|(_, rule, _)| rule);
         trace.rule = rule.map_or_else(|| "none".into(), |r| r.name.clone());
+        let rule_index = found.map(|(index, _, _)| index);
+        trace.rule_index = rule_index;
 
         let Authenticated {
             principal,
@@ -445,9 +494,18 @@ impl Gate {
         trace.method = auth_method;
 
         let identity = principal.as_deref().map(Principal::identity);
-        match authz::decide(found, identity.as_ref()) {
+        match authz::decide(found.map(|(_, rule, team)| (rule, team)), identity.as_ref()) {
             Decision::Allow { .. } => {
                 self.count_auth(auth_method, "allow", "ok");
+                // The empty list (no policy asks) is the common case: one length check.
+                if self.audit
+                    && let Some(rate) = rule_index.and_then(|i| snapshot.audit_allows.get(i))
+                    && sampled(*rate)
+                {
+                    trace.audited = true;
+                    trace.subject = principal.as_ref().map(|p| p.subject.clone());
+                    trace.audit_rule = rule_index.map(|i| snapshot.rule_label(i));
+                }
             }
             Decision::Unauthenticated { .. } => {
                 trace.reason = "unauthenticated";
@@ -522,10 +580,15 @@ impl Gate {
         };
         if let Some(value) = bearer {
             let token = value.to_str().map(|v| v[7..].trim()).unwrap_or_default();
-            let claims = snapshot
-                .jwt
-                .verify(token, now)
-                .map_err(|r| refuse(AuthMethod::Jwt, r.as_str(), trace))?;
+            let claims = match snapshot.jwt.verify(token, now) {
+                Ok(claims) => claims,
+                Err(refusal) => {
+                    if refusal == JwtRefusal::UnknownKey {
+                        trace.unknown_kid = snapshot.jwt.unknown_kid(token);
+                    }
+                    return Err(refuse(AuthMethod::Jwt, refusal.as_str(), trace));
+                }
+            };
             // Checked on every request, cache hit or not: a logout takes effect at once.
             if claims
                 .session
@@ -623,6 +686,11 @@ impl Gate {
             .with_label_values(&[method.as_str(), result, reason])
             .inc();
     }
+}
+
+/// Whether an allowed request is audited, at `rate` (0 never, 1 always).
+fn sampled(rate: f32) -> bool {
+    rate >= 1.0 || (rate > 0.0 && fastrand::f32() < rate)
 }
 
 /// The value of a header that may appear at most once: two values are ambiguous (which

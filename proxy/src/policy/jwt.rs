@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use portcullis_wire::api::UnknownKid;
 use portcullis_wire::{ClaimSource, JwtIssuer, JwtKey};
 
 use super::identity::Principal;
@@ -168,6 +169,31 @@ impl Verifier {
     /// No usable key: every token would be refused.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// For a token refused as [`JwtRefusal::UnknownKey`]: its issuer and `kid` when the
+    /// issuer (read from the unverified payload) is one of ours and none of its keys has
+    /// that `kid` — the sign that the issuer rotated keys the snapshot does not hold yet.
+    /// `None` for a token without a `kid` or from an issuer we do not know (reporting
+    /// those would let anyone make the control plane fetch keys).
+    pub fn unknown_kid(&self, token: &str) -> Option<UnknownKid> {
+        use base64::Engine;
+        #[derive(Deserialize)]
+        struct Issuer {
+            iss: Option<String>,
+        }
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        let payload = token.split('.').nth(1)?;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        let issuer = serde_json::from_slice::<Issuer>(&payload).ok()?.iss?;
+        let mut of_issuer = self.keys.iter().filter(|k| k.issuer == issuer).peekable();
+        of_issuer.peek()?;
+        if of_issuer.any(|k| k.kid.as_deref() == Some(kid.as_str())) {
+            return None;
+        }
+        Some(UnknownKid { issuer, kid })
     }
 
     /// Verifies a compact JWS at `now` (unix seconds).
@@ -687,6 +713,35 @@ dQIDAQAB\n\
         assert_accepted(&v, &sign(Algorithm::HS256, None, &payload(), &b));
         let hs384 = sign(Algorithm::HS384, None, &payload(), &b);
         assert_eq!(v.verify(&hs384, NOW), Err(JwtRefusal::UnknownKey));
+    }
+
+    #[test]
+    fn an_unknown_kid_is_named_only_for_an_issuer_we_know() {
+        let v = verifier(vec![hmac("HS256", Some("a"), SECRET)]);
+        let key = EncodingKey::from_secret(SECRET);
+        let rotated = sign(Algorithm::HS256, Some("new"), &payload(), &key);
+        assert_eq!(v.verify(&rotated, NOW), Err(JwtRefusal::UnknownKey));
+        let issuer = payload()["iss"].as_str().unwrap().to_string();
+        assert_eq!(
+            v.unknown_kid(&rotated),
+            Some(UnknownKid {
+                issuer,
+                kid: "new".into()
+            })
+        );
+        // A kid the issuer has (under another alg), no kid, or an issuer we do not know.
+        assert_eq!(
+            v.unknown_kid(&sign(Algorithm::HS384, Some("a"), &payload(), &key)),
+            None
+        );
+        assert_eq!(v.unknown_kid(&sign(Algorithm::HS256, None, &payload(), &key)), None);
+        let mut stranger = payload();
+        stranger["iss"] = "https://elsewhere.test".into();
+        assert_eq!(
+            v.unknown_kid(&sign(Algorithm::HS256, Some("new"), &stranger, &key)),
+            None
+        );
+        assert_eq!(v.unknown_kid("not.a.token"), None);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Pod {
 /// One snapshot, ready to answer requests.
 pub struct Compiled {
     pub revision: i64,
+    /// The control plane database's epoch the revision counts in (empty from a file).
+    pub epoch: String,
     pub directory: Directory,
     pub matcher: Matcher,
     pub cors: Option<Cors>,
@@ -30,6 +32,11 @@ pub struct Compiled {
     pub jwt: Arc<Verifier>,
     /// Names of the AccessPolicies in force, for logs.
     pub policies: Vec<String>,
+    /// Share of allowed requests to audit, by rule index (the matcher's); empty when no
+    /// policy of this pod asks for any, so that the common case costs one length check.
+    pub audit_allows: Vec<f32>,
+    /// Which of `policies` each rule (by the matcher's index) comes from.
+    rule_policies: Vec<usize>,
     jwt_issuers: Vec<JwtIssuer>,
 }
 
@@ -37,7 +44,7 @@ pub struct Compiled {
 pub enum SnapshotError {
     #[error("AccessPolicy {policy}: rule {rule}: bad path glob {glob:?}")]
     BadGlob { policy: String, rule: String, glob: String },
-    #[error("snapshot revision {new} is older than revision {current} in force")]
+    #[error("snapshot revision {new} is not newer than revision {current} in force (same epoch)")]
     Stale { new: i64, current: i64 },
 }
 
@@ -77,6 +84,16 @@ impl Compiled {
                 glob: bad.glob,
             }
         })?;
+        let mut audit_allows: Vec<f32> = policies
+            .iter()
+            .flat_map(|p| {
+                let rate = p.audit.as_ref().map_or(0.0, |a| a.allow_rate() as f32);
+                std::iter::repeat_n(rate, p.rules.len())
+            })
+            .collect();
+        if audit_allows.iter().all(|rate| *rate <= 0.0) {
+            audit_allows = Vec::new();
+        }
         let cors = policies.iter().find_map(|p| p.cors.clone());
         let mut deprecated: Vec<ApiVersion> = policies
             .iter()
@@ -96,15 +113,33 @@ impl Compiled {
         };
         let compiled = Compiled {
             revision: snapshot.revision,
+            epoch: snapshot.epoch.clone(),
             directory: Directory::new(snapshot),
             matcher,
             cors,
             deprecated,
             jwt,
             policies: policies.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect(),
+            audit_allows,
+            rule_policies: policies
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| std::iter::repeat_n(i, p.rules.len()))
+                .collect(),
             jwt_issuers: snapshot.jwt_issuers.clone(),
         };
         Ok((compiled, problems))
+    }
+
+    /// `policy/rule` of the rule at `index` of the matcher, as audit records name it.
+    pub fn rule_label(&self, index: usize) -> String {
+        let policy = self
+            .rule_policies
+            .get(index)
+            .and_then(|p| self.policies.get(*p))
+            .map_or("-", String::as_str);
+        let rule = self.matcher.rule(index).map_or("-", |r| r.name.as_str());
+        format!("{policy}/{rule}")
     }
 
     /// The deprecated API version a normalized path falls under.
@@ -131,13 +166,20 @@ impl Current {
         self.compiled.load_full()
     }
 
-    /// Compiles and swaps in `snapshot`. A snapshot older than the one in force is
-    /// refused (a control plane restored from backup must not roll revocations back
-    /// silently); one that does not compile leaves the last good one in force.
+    /// Compiles and swaps in `snapshot`. Within one epoch a snapshot older than the one
+    /// in force is refused (a replayed or lagging answer must not roll revocations back);
+    /// a snapshot of another epoch is installed whatever its revision, so a control plane
+    /// whose database was restored or replaced can always reset the sidecar (only a peer
+    /// the sidecar verified can send one). One that does not compile leaves the last good
+    /// one in force.
     pub fn install(&self, snapshot: &Snapshot, pod: &Pod, jwt_cache: usize) -> Result<Vec<String>, SnapshotError> {
         let previous = self.load();
         if let Some(prev) = &previous
-            && snapshot.revision < prev.revision
+            && prev.epoch == snapshot.epoch
+            && (snapshot.revision < prev.revision
+                // The control plane answers a revision only when it changed; a file (no
+                // epoch) may be rewritten in place at the same one.
+                || (snapshot.revision == prev.revision && !snapshot.epoch.is_empty()))
         {
             return Err(SnapshotError::Stale {
                 new: snapshot.revision,
@@ -160,6 +202,12 @@ impl Current {
         self.load()?;
         Some(portcullis_wire::unix_now() - self.confirmed_at.load(Ordering::Relaxed))
     }
+
+    /// Whether the source has not confirmed the snapshot for more than `max_seconds` at
+    /// `now` (Unix seconds): past a configured maximum staleness, requests are refused.
+    pub fn older_than(&self, max_seconds: i64, now: i64) -> bool {
+        now - self.confirmed_at.load(Ordering::Relaxed) > max_seconds
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +224,7 @@ mod tests {
             rules: serde_json::from_str(rules).unwrap(),
             cors: None,
             api_versions: None,
+            audit: None,
         }
     }
 
@@ -264,6 +313,50 @@ mod tests {
             Err(SnapshotError::Stale { .. })
         ));
         assert_eq!(current.load().unwrap().revision, 5);
+    }
+
+    #[test]
+    fn another_epoch_resets_the_revision_and_the_same_epoch_only_moves_forward() {
+        let current = Current::default();
+        let at = |epoch: &str, revision| Snapshot {
+            revision,
+            epoch: epoch.into(),
+            ..Default::default()
+        };
+        current.install(&at("e1", 900), &pod(), 16).unwrap();
+        assert!(matches!(
+            current.install(&at("e1", 899), &pod(), 16),
+            Err(SnapshotError::Stale { new: 899, current: 900 })
+        ));
+        // A restored database: a new epoch, counting from a lower revision.
+        current.install(&at("e2", 3), &pod(), 16).unwrap();
+        let now = current.load().unwrap();
+        assert_eq!((now.epoch.as_str(), now.revision), ("e2", 3));
+        current.install(&at("e2", 4), &pod(), 16).unwrap();
+        assert_eq!(current.load().unwrap().revision, 4);
+    }
+
+    #[test]
+    fn allows_are_audited_at_the_rate_of_the_rules_policy() {
+        let mut audited = policy(
+            "a-audited",
+            "{}",
+            r#"[{"name":"a","paths":["/a"]},{"name":"b","paths":["/b"]}]"#,
+        );
+        audited.audit = Some(portcullis_wire::AuditSettings { allows: 0.25 });
+        let quiet = policy("b-quiet", "{}", r#"[{"name":"c","paths":["/c"]}]"#);
+        let snapshot = Snapshot {
+            policies: vec![quiet.clone(), audited],
+            ..Default::default()
+        };
+        let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
+        assert_eq!(compiled.audit_allows, [0.25, 0.25, 0.0]);
+        let snapshot = Snapshot {
+            policies: vec![quiet],
+            ..Default::default()
+        };
+        let (compiled, _) = Compiled::build(&snapshot, &pod(), None, 16).unwrap();
+        assert!(compiled.audit_allows.is_empty(), "nothing asked: nothing to look up");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! decisions; how bodies stream, how the app's headers stay as read ([`raw_headers`], the
 //! one `unsafe`) and how a connection moves between servers stays on this side.
 
+pub mod auth_route;
 pub mod body;
 pub mod h1_codec;
 pub mod h1_server;
@@ -23,21 +24,30 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
+use portcullis_wire::api::{AuditRecord, Decision};
 
+use self::auth_route::AuthRoute;
 use self::body::RequestBody;
 use self::reply::Reply;
 use self::upstream::Upstream;
-use crate::policy::gate::{Admission, Conn, Gate, UpstreamFailure, Verdict};
-use crate::policy::headers::is_reserved;
+use crate::policy::answer;
+use crate::policy::gate::{Admission, Conn, Gate, Trace, UpstreamFailure, Verdict};
+use crate::policy::headers::{X_FORWARDED_FOR, is_reserved};
+use crate::report::{self, Reporter};
 
 /// The gate and the app behind it: what every connection serves requests with.
 pub struct Proxy {
     pub gate: Gate,
     pub upstream: Upstream,
+    /// The token service's paths, sent to the control plane (with a control plane only).
+    pub auth_route: Option<AuthRoute>,
+    /// Audit records and unknown key ids, for the control plane (with one only).
+    pub reporter: Option<Arc<Reporter>>,
 }
 
 impl Proxy {
@@ -45,7 +55,20 @@ impl Proxy {
     pub async fn serve(&self, conn: &Conn, request: Request<RequestBody>) -> Reply {
         let started = Instant::now();
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        if let Some(route) = &self.auth_route
+            && route.claims(target)
+        {
+            return route.serve(&self.gate, conn, request, started).await;
+        }
         let (verdict, mut trace) = self.gate.check(conn, request.method(), target, request.headers());
+        // Only a denial or a sampled allow is audited: nothing is built for the rest.
+        let mut audit = match &self.reporter {
+            Some(reporter) if trace.audited => Some(self.audit_record(reporter, conn, &request, &trace)),
+            _ => None,
+        };
+        if let (Some(reporter), Some(kid)) = (&self.reporter, trace.unknown_kid.take()) {
+            reporter.unknown_kid(kid);
+        }
         let reply = match verdict {
             Verdict::Answer(answer) => Reply::from_answer(answer),
             Verdict::Forward(admission) => match self.forward(request, &admission).await {
@@ -57,7 +80,45 @@ impl Proxy {
             },
         };
         self.gate.record(&trace, reply.status, started.elapsed());
+        if let (Some(reporter), Some(mut record)) = (&self.reporter, audit.take()) {
+            record.status = reply.status.as_u16();
+            reporter.audit(record);
+        }
         reply
+    }
+
+    /// The audit record of a decision (its status filled in once answered).
+    fn audit_record(
+        &self,
+        reporter: &Reporter,
+        conn: &Conn,
+        request: &Request<RequestBody>,
+        trace: &Trace,
+    ) -> AuditRecord {
+        let denied = trace.refusal.is_some();
+        let client = self.gate.trusted.client_ip(
+            conn.peer.ip(),
+            request.headers().get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes()),
+        );
+        AuditRecord {
+            at_ms: report::unix_millis(),
+            correlation_id: answer::id_text(&trace.correlation_id).to_string(),
+            namespace: reporter.namespace.clone(),
+            pod: reporter.pod.clone(),
+            actor: trace.subject.clone(),
+            method: request.method().as_str().chars().take(16).collect(),
+            // The path only: a query can carry secrets (an `api_key` parameter).
+            path: request.uri().path().chars().take(1024).collect(),
+            rule: trace.audit_rule.clone(),
+            decision: if denied { Decision::Deny } else { Decision::Allow },
+            reason: match (denied, trace.reason) {
+                (false, _) => "allowed".into(),
+                (true, "") => "refused".into(),
+                (true, reason) => reason.into(),
+            },
+            status: 0,
+            client: Some(client.to_string()),
+        }
     }
 
     /// The request as the app sees it — hop-by-hop headers and the client's copies of the

@@ -1,10 +1,17 @@
 //! TLS for the sidecar's listener: TLS 1.2 and 1.3 with ALPN, optional client certificates
-//! (verified by [`crate::policy::certs::client_verifier`]), key material read from PEM files.
+//! (verified by [`crate::policy::certs::client_verifier`]), key material read from PEM files
+//! and read again when they change ([`CertFiles`]): a certificate rotated by cert-manager
+//! (the kubelet swaps the mounted Secret's files) is served from the next handshake on,
+//! without a restart; connections already open keep theirs.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -53,18 +60,122 @@ pub enum TlsError {
     ClientCa { path: PathBuf, source: CertError },
 }
 
-/// The listener's configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+/// The serving certificate and key, from two PEM files; [`CertFiles::reload`] reads them
+/// again and swaps in what they hold when it changed and is usable.
+#[derive(Debug)]
+pub struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The files' bytes when last loaded: unchanged files are not parsed again.
+    last: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CertFiles {
+    /// Reads both files; a sidecar does not start without a usable pair.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertFiles>, TlsError> {
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let certified = certified_key(cert, &cert_pem, key, &key_pem)?;
+        Ok(Arc::new(CertFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: ArcSwap::from_pointee(certified),
+            last: Mutex::new((cert_pem, key_pem)),
+        }))
+    }
+
+    /// `Ok(true)` when a new certificate is now served; on error the old one stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (cert_pem, key_pem) = (read(&self.cert)?, read(&self.key)?);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.0 == cert_pem && last.1 == key_pem {
+            return Ok(false);
+        }
+        let certified = certified_key(&self.cert, &cert_pem, &self.key, &key_pem)?;
+        self.current.store(Arc::new(certified));
+        *last = (cert_pem, key_pem);
+        Ok(true)
+    }
+
+    /// Checks the files every `period`, forever.
+    pub async fn watch(self: Arc<Self>, period: Duration) {
+        let mut complained = false;
+        loop {
+            tokio::time::sleep(period).await;
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    complained = false;
+                }
+                Ok(false) => {}
+                // Mid-rotation the two files may disagree for a moment: say it once.
+                Err(e) if !complained => {
+                    tracing::warn!(error = %e, "cannot reload the TLS certificate; serving the previous one");
+                    complained = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn certified_key(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let file_error = |e: rustls_pki_types::pem::Error| TlsError::File {
+        path: cert.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(file_error)?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
+    }
+    let key_error = |reason: String| TlsError::File {
+        path: key.to_path_buf(),
+        reason: format!("no usable private key ({reason})"),
+    };
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| key_error(e.to_string()))?;
+    let signing = certs::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| key_error(e.to_string()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| key_error(e.to_string()))?;
+    Ok(certified)
+}
+
+/// The listener's configuration: TLS 1.2 and 1.3, ALPN h2 then http/1.1, the
+/// certificate read from `cert` and `key` once.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
     client_auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = read_certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        path: key.to_path_buf(),
-        reason: format!("no usable private key ({e})"),
-    })?;
+    reloading_server_config(CertFiles::load(cert, key)?, client_ca, client_auth)
+}
+
+/// [`server_config`] serving whatever `files` holds at each handshake.
+pub fn reloading_server_config(
+    files: Arc<CertFiles>,
+    client_ca: Option<&Path>,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder =
         rustls::ServerConfig::builder_with_provider(certs::provider()).with_safe_default_protocol_versions()?;
     let builder = match (client_auth, client_ca) {
@@ -81,7 +192,7 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_cert_resolver(files);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
