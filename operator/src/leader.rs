@@ -64,8 +64,9 @@ pub enum LeaderError {
     #[error("cannot set up the lease {lease}: {source}")]
     Lease {
         lease: String,
+        // Boxed: the lease manager's error is large, and every `Result` would carry it.
         #[source]
-        source: kube_lease_manager::LeaseManagerError,
+        source: Box<kube_lease_manager::LeaseManagerError>,
     },
 }
 
@@ -88,7 +89,7 @@ pub async fn elect(client: Client, config: LeaderConfig, metrics: Arc<Metrics>) 
         .await
         .map_err(|source| LeaderError::Lease {
             lease: config.lease_name.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let (state, task) = manager.watch().await;
     metrics.set_leader(*state.borrow());
