@@ -981,3 +981,29 @@ pub async fn openid_configuration(State(s): State<TokenService>) -> Response {
 pub async fn openapi(State(s): State<TokenService>) -> Response {
     axum::Json(super::openapi::document(&s.settings().issuer)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_password_policy() {
+        assert_eq!(
+            device_of(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/130.0 Safari/537.36 Edg/130.0"
+            ),
+            "Edge on Windows"
+        );
+        assert_eq!(
+            device_of("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Version/17.0 Mobile Safari/604.1"),
+            "Safari on iOS"
+        );
+        assert_eq!(device_of("curl/8.5.0"), "curl");
+        let user = UserRow::new("alice", "alice.smith@example.com");
+        assert!(password_problem("correct horse battery", &user).is_none());
+        assert!(password_problem("short", &user).is_some());
+        assert!(password_problem("aaaaaaaaaaaaaaaa", &user).is_some());
+        assert!(password_problem("hello-alice.smith-2024", &user).is_some());
+        assert!(password_problem(&"x1".repeat(200), &user).is_some(), "over 256 bytes");
+    }
+}

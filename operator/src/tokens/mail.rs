@@ -183,27 +183,29 @@ impl Mailer {
             .flush()
             .await
             .map_err(|e| self.error(format!("{verb}: write: {e}")))?;
-        self.expect(conn, code)
+        self.reply(conn, code)
             .await
             .map_err(|e| self.error(format!("{verb}: {e}")))
     }
 
-    /// Reads one (possibly multi-line) reply and checks its code.
+    /// Reads one reply (the greeting, the end of DATA) and checks its code.
     async fn expect<S: AsyncRead + Unpin>(&self, conn: &mut BufReader<S>, code: u16) -> Result<Vec<String>, MailError> {
+        self.reply(conn, code).await.map_err(|e| self.error(e))
+    }
+
+    /// Reads one (possibly multi-line) reply; the error says what came instead.
+    async fn reply<S: AsyncRead + Unpin>(&self, conn: &mut BufReader<S>, code: u16) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let n = conn
-                .read_line(&mut line)
-                .await
-                .map_err(|e| self.error(format!("read: {e}")))?;
+            let n = conn.read_line(&mut line).await.map_err(|e| format!("read: {e}"))?;
             if n == 0 || line.len() > 4096 || lines.len() > 100 {
-                return Err(self.error("connection closed or reply too long"));
+                return Err("connection closed or reply too long".into());
             }
             let line = line.trim_end();
             let got: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
             if got != code {
-                return Err(self.error(format!("expected {code}, got {line:?}")));
+                return Err(format!("expected {code}, got {line:?}"));
             }
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line.get(4..).unwrap_or_default().to_string());
