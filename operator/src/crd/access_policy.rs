@@ -1,7 +1,7 @@
 //! `AccessPolicy` (namespaced): who may call what on the pods it selects.
 
 use kube::CustomResource;
-use portcullis_wire::{ApiVersions, Cors, LabelSelector, PolicyRule};
+use portcullis_wire::{ApiVersions, Cors, LabelSelector, PathMatching, PolicyRule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -49,4 +49,8 @@ pub struct AccessPolicySpec {
     /// Current and deprecated API versions; deprecated ones get `Deprecation` and `Sunset` headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_versions: Option<ApiVersions>,
+    /// How the app routes paths: `caseInsensitive`, `ignoreTrailingSlash`. Without them
+    /// a path that would meet another rule under such routing is refused (400).
+    #[serde(flatten)]
+    pub path_matching: PathMatching,
 }

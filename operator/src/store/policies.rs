@@ -1,6 +1,6 @@
 //! Access policies: which requests a sidecar lets through, per pod selector.
 
-use portcullis_wire::{ApiVersions, Cors, PolicyRule};
+use portcullis_wire::{ApiVersions, Cors, PathMatching, PolicyRule};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
@@ -18,6 +18,8 @@ struct SpecColumn {
     cors: Option<Cors>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     api_versions: Option<ApiVersions>,
+    #[serde(default, skip_serializing_if = "PathMatching::is_exact")]
+    path_matching: PathMatching,
 }
 
 impl Store {
@@ -67,6 +69,7 @@ impl Upsert for PolicyRow {
             rules: self.rules.clone(),
             cors: self.cors.clone(),
             api_versions: self.api_versions.clone(),
+            path_matching: self.path_matching,
         })?;
         let now = unix_now();
         if current.is_some() {
@@ -106,5 +109,6 @@ pub(super) fn decode_policy(row: &sqlx::any::AnyRow) -> Result<PolicyRow> {
         rules: spec.rules,
         cors: spec.cors,
         api_versions: spec.api_versions,
+        path_matching: spec.path_matching,
     })
 }

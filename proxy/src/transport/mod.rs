@@ -32,7 +32,6 @@ use self::body::RequestBody;
 use self::reply::Reply;
 use self::upstream::Upstream;
 use crate::policy::gate::{Admission, Conn, Gate, UpstreamFailure, Verdict};
-use crate::policy::headers::is_reserved;
 
 /// The gate and the app behind it: what every connection serves requests with.
 pub struct Proxy {
@@ -71,7 +70,7 @@ impl Proxy {
         let upgrade = upgrade::requested(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let headers = request.headers_mut();
-        hop::strip(headers, is_reserved);
+        hop::strip(headers, |name| admission.client_headers.drops(name));
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
