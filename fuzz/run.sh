@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each (default 60), one after the other with one job
-# (the machine is shared), then minimises each corpus into fuzz/corpus/<target>.
+# Runs every fuzz target for SECONDS each (default 60), one after the other, each as one
+# libFuzzer process on one core (its default; `-jobs=1` would do the same in a child
+# process and move the figures to fuzz-0.log), then minimises each corpus in
+# fuzz/corpus/<target>.
 # Figures (executions, coverage, crashes) are printed per target and kept in
 # fuzz/artifacts/<target>/summary.txt; a crash leaves its input in fuzz/artifacts/<target>.
 #   fuzz/run.sh 600            # ten minutes each
@@ -16,7 +18,7 @@ for target in $TARGETS; do
   mkdir -p "corpus/$target" "artifacts/$target"
   log="artifacts/$target/run.log"
   echo "== $target: ${SECONDS_EACH}s"
-  if ! cargo fuzz run "$target" "corpus/$target" -- -jobs=1 -workers=1 \
+  if ! cargo fuzz run -O "$target" "corpus/$target" -- \
       -max_total_time="$SECONDS_EACH" -print_final_stats=1 -artifact_prefix="artifacts/$target/" \
       >"$log" 2>&1; then
     echo "   CRASH or failure: see $log and artifacts/$target/"
@@ -29,6 +31,6 @@ for target in $TARGETS; do
   echo "   executions: ${execs:-?}"
   { echo "target=$target seconds=$SECONDS_EACH executions=${execs:-?}"; echo "$summary"; } >"artifacts/$target/summary.txt"
   # Keep the corpus small in git: only inputs that add coverage.
-  cargo fuzz cmin "$target" "corpus/$target" >/dev/null 2>&1 || true
+  cargo fuzz cmin -O "$target" "corpus/$target" >/dev/null 2>&1 || true
 done
 exit $status
