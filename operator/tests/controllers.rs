@@ -275,7 +275,9 @@ async fn api_key_world(test: &str) -> (World, Api<ApiKey>, Api<Secret>) {
     let w = world(test).await;
     bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
     let users: Api<User> = Api::all(w.client.clone());
-    create(&users, user_json("bob", &["viewer"])).await;
+    let mut bob = user_json("bob", &["viewer"]);
+    bob["spec"]["apiKeyNamespaces"] = json!(["shop", "web"]);
+    create(&users, bob).await;
     settle(&users, "bob", &w.ctx, controller::reconcile::<User>).await;
     let keys: Api<ApiKey> = Api::namespaced(w.client.clone(), "shop");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
@@ -347,6 +349,107 @@ async fn api_key_scopes_are_capped_at_the_owners() {
     assert_eq!((status.as_str(), reason.as_str()), ("False", "ScopesExceedOwner"));
     let rows = w.store.api_keys_of("shop", "too-wide").await.unwrap();
     assert_eq!(rows[0].scopes, vec!["read".to_string()], "write is not granted");
+}
+
+#[tokio::test]
+async fn no_key_is_minted_for_a_user_who_did_not_allow_the_namespace() {
+    let (w, keys, secrets) = api_key_world("apikey_borrowed").await;
+    // The bootstrap admin allows keys nowhere; bob allows `shop` and `web`, not `other`.
+    let mut borrow = key_json("borrow-admin", &["read", "write", "admin"]);
+    borrow["spec"]["owner"] = json!({"user": bootstrap::ADMIN_USER});
+    create(&keys, borrow).await;
+    let key = settle(&keys, "borrow-admin", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    assert!(
+        secrets.get_opt("borrow-admin-apikey").await.unwrap().is_none(),
+        "no Secret minted"
+    );
+    assert!(w.store.api_keys_of("shop", "borrow-admin").await.unwrap().is_empty());
+
+    let elsewhere: Api<ApiKey> = Api::namespaced(w.client.clone(), "other");
+    let mut other = key_json("bob-other", &["read"]);
+    other["metadata"]["namespace"] = json!("other");
+    create(&elsewhere, other).await;
+    let key = settle(&elsewhere, "bob-other", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    let other_secrets: Api<Secret> = Api::namespaced(w.client.clone(), "other");
+    assert!(other_secrets.get_opt("bob-other-apikey").await.unwrap().is_none());
+
+    // Allowed, then withdrawn: the key issued before goes at once.
+    create(&keys, key_json("bob-cli", &["read"])).await;
+    settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(w.store.api_keys_of("shop", "bob-cli").await.unwrap().len(), 1);
+    let users: Api<User> = Api::all(w.client.clone());
+    let mut bob = users.get("bob").await.unwrap();
+    bob.spec.api_key_namespaces = vec!["web".into()];
+    users.replace("bob", &PostParams::default(), &bob).await.unwrap();
+    let key = settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key).1, "NamespaceNotAllowed");
+    assert!(
+        w.store.api_keys_of("shop", "bob-cli").await.unwrap().is_empty(),
+        "revoked"
+    );
+}
+
+#[tokio::test]
+async fn a_key_carries_roles_teams_and_namespaces_only_when_asked_and_held() {
+    let (w, keys, _) = api_key_world("apikey_roles").await;
+    let teams: Api<Team> = Api::all(w.client.clone());
+    create(
+        &teams,
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Team", "metadata": {"name": "platform"},
+                          "spec": {"members": [{"user": "bob", "role": "member"}]}}),
+    )
+    .await;
+    settle(&teams, "platform", &w.ctx, controller::reconcile::<Team>).await;
+
+    create(&keys, key_json("plain", &["read"])).await;
+    settle(&keys, "plain", &w.ctx, controller::reconcile::<ApiKey>).await;
+    let plain = &w.store.api_keys_of("shop", "plain").await.unwrap()[0];
+    assert!(plain.roles.is_empty() && plain.teams.is_empty() && plain.honoured_in.is_empty());
+
+    let mut asks = key_json("asks", &["read"]);
+    asks["spec"]["roles"] = json!(["viewer"]);
+    asks["spec"]["teams"] = json!(["platform"]);
+    asks["spec"]["honouredIn"] = json!(["web"]);
+    create(&keys, asks).await;
+    let key = settle(&keys, "asks", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key).1, "Reconciled");
+    let row = &w.store.api_keys_of("shop", "asks").await.unwrap()[0];
+    assert_eq!(
+        (row.roles.clone(), row.teams.clone(), row.honoured_in.clone()),
+        (
+            vec!["viewer".to_string()],
+            vec!["platform".to_string()],
+            vec!["web".to_string()]
+        )
+    );
+    let snapshot = w.store.read_snapshot(unix_now()).await.unwrap();
+    let entry = snapshot.api_keys.iter().find(|k| k.key_hash == row.key_hash).unwrap();
+    assert_eq!(
+        (entry.roles.as_slice(), entry.honoured_in.as_slice()),
+        (&["viewer".to_string()][..], &["web".to_string()][..])
+    );
+
+    let mut greedy = key_json("greedy", &["read"]);
+    greedy["spec"]["roles"] = json!(["admin", "viewer"]);
+    greedy["spec"]["teams"] = json!(["secret-team"]);
+    create(&keys, greedy).await;
+    let key = settle(&keys, "greedy", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "RolesExceedOwner".into()));
+    let row = &w.store.api_keys_of("shop", "greedy").await.unwrap()[0];
+    assert_eq!(
+        (row.roles.clone(), row.teams.clone()),
+        (vec!["viewer".to_string()], Vec::<String>::new())
+    );
+
+    let mut roams = key_json("roams", &["read"]);
+    roams["spec"]["honouredIn"] = json!(["web", "prod"]);
+    create(&keys, roams).await;
+    let key = settle(&keys, "roams", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    let row = &w.store.api_keys_of("shop", "roams").await.unwrap()[0];
+    assert_eq!(row.honoured_in, vec!["web".to_string()], "prod is not bob's to allow");
 }
 
 #[tokio::test]
@@ -436,6 +539,23 @@ async fn access_policy_with_a_bad_glob_is_not_ready() {
         w.store.get_policy("shop", "api").await.unwrap().unwrap().rules[0].paths,
         ["/a/**"]
     );
+}
+
+#[tokio::test]
+async fn access_policy_granting_credentials_to_any_origin_is_not_applied() {
+    let w = world("policy_cors").await;
+    let policies: Api<AccessPolicy> = Api::namespaced(w.client.clone(), "shop");
+    create(&policies, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "api", "namespace": "shop"},
+                             "spec": {"rules": [{"name": "r", "paths": ["/a/**"]}],
+                                      "cors": {"allowedOrigins": ["*"], "allowCredentials": true}}})).await;
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
+    assert_eq!(ready(&policy).1, "InvalidPolicy");
+    assert!(w.store.get_policy("shop", "api").await.unwrap().is_none());
+    let mut fixed = policy.clone();
+    fixed.spec.cors.as_mut().unwrap().allowed_origins = vec!["https://app.example.com".into()];
+    policies.replace("api", &PostParams::default(), &fixed).await.unwrap();
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
+    assert_eq!(ready(&policy).1, "Reconciled");
 }
 
 #[tokio::test]

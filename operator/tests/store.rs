@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use portcullis_operator::store::{
-    ApiKeyRow, AuditEvent, Backend, PolicyRow, RequestAudit, ResetTokenRow, RetryPolicy, RoleRow, SessionRow,
-    SourceRow, Store, StoreError, TeamRow, UserRow, unix_now, with_retry,
+    ApiKeyRow, AuditEvent, Backend, KeyGrants, PolicyRow, RequestAudit, ResetTokenRow, RetryPolicy, RoleRow,
+    SessionRow, SourceRow, Store, StoreError, TeamRow, UserRow, unix_now, with_retry,
 };
 use portcullis_wire::{HttpMethod, LabelSelector, OwnerKind, PolicyRule, RateLimit, TeamRole};
 use support::{Kind, TestDb};
@@ -132,6 +132,9 @@ fn key(hash: &str, name: &str, owner: &str) -> ApiKeyRow {
         owner_kind: OwnerKind::User,
         owner_name: owner.into(),
         scopes: vec!["read".into()],
+        roles: vec![],
+        teams: vec![],
+        honoured_in: vec![],
         expires_at: None,
         revoked_at: None,
         created_at: unix_now(),
@@ -155,6 +158,7 @@ fn policy() -> PolicyRow {
             require_roles: vec![],
             require_team_role: None,
             allow_api_key_in_query: false,
+            forward_api_key: false,
             rate_limit: Some(RateLimit {
                 requests_per_second: 10,
                 burst: None,
@@ -163,6 +167,7 @@ fn policy() -> PolicyRow {
         cors: None,
         audit: None,
         api_versions: None,
+        path_matching: Default::default(),
     }
 }
 
@@ -465,16 +470,20 @@ async fn api_key_rotation_and_revocation(store: &Store) {
     store.insert_api_key(&new).await.unwrap();
     // Widening scopes applies to the current key only.
     let scopes = vec!["write".to_string(), "read".to_string()];
+    let grants = KeyGrants {
+        roles: vec!["viewer".into()],
+        ..KeyGrants::scopes_only(OwnerKind::User, "alice", &scopes, Some(now + 86400))
+    };
     assert!(
         store
-            .update_api_key_grants("default", "ci", OwnerKind::User, "alice", &scopes, Some(now + 86400))
+            .update_api_key_grants("default", "ci", &grants)
             .await
             .unwrap()
             .changed
     );
     assert!(
         !store
-            .update_api_key_grants("default", "ci", OwnerKind::User, "alice", &scopes, Some(now + 86400))
+            .update_api_key_grants("default", "ci", &grants)
             .await
             .unwrap()
             .changed
@@ -484,6 +493,11 @@ async fn api_key_rotation_and_revocation(store: &Store) {
     assert_eq!(keys[0].key_hash, new.key_hash);
     assert_eq!(keys[0].scopes, vec!["read", "write"]);
     assert_eq!(keys[0].expires_at, Some(now + 86400));
+    assert_eq!(keys[0].roles, vec!["viewer"], "roles are written with the scopes");
+    assert!(
+        keys[1].roles.is_empty(),
+        "a key in its rotation grace keeps what it had"
+    );
     assert_eq!(keys[1].scopes, vec!["read"]);
     assert_eq!(keys[1].revoked_at, Some(now + 300));
     // Deleting the object revokes everything at once, even keys in their grace period.

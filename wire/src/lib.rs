@@ -14,7 +14,8 @@ pub mod process;
 pub mod snapshot;
 
 pub use policy::{
-    ApiVersion, ApiVersions, AuditSettings, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PolicyRule,
+    ApiVersion, ApiVersions, AuditSettings, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PathMatching,
+    PolicyRule,
     RateLimit, SelectorOperator, TeamRole,
 };
 pub use process::unix_now;

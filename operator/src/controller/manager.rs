@@ -205,10 +205,11 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(sources.run(reconcile::<Source>, error_policy, ctx.clone())));
 
-        // APIKey ← User, Source, owned key Secret
+        // APIKey ← User, Source, Team (a key asking for its owner's role in it), owned key Secret
         let keys = Controller::new(api::<ApiKey>(&client, scope), wc.clone());
         let by_user = keys.store();
         let by_source = keys.store();
+        let by_team = keys.store();
         stores.push(ready(keys.store()));
         let sources = Api::<Source>::all(client.clone());
         let keys = keys
@@ -224,6 +225,10 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
                 refs(&by_source, |k: &ApiKey| {
                     k.namespace() == ns && k.spec.owner.source.as_deref() == Some(name.as_str())
                 })
+            })
+            .watches(Api::<Team>::all(client.clone()), wc.clone(), move |team: Team| {
+                let name = team.name_any();
+                refs(&by_team, |k: &ApiKey| k.spec.teams.contains(&name))
             })
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(keys.run(reconcile::<ApiKey>, error_policy, ctx.clone())));

@@ -46,6 +46,10 @@ pub(crate) mod patterns {
     pub const SCOPE: &str = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$";
     /// A deliberately simple e-mail shape; deliverability is SMTP's business.
     pub const EMAIL: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
+    /// A namespace name (RFC 1123 label).
+    pub const NAMESPACE: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+    /// A namespace name, or `*` for every namespace.
+    pub const NAMESPACE_OR_ANY: &str = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$";
 }
 
 /// Status shared by every kind: what the operator last made of the object.

@@ -77,7 +77,7 @@ use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::{Query, QueryScalar};
 use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, SqlStr, Transaction};
 
-pub use api_keys::ApiKeyRow;
+pub use api_keys::{ApiKeyRow, KeyGrants};
 pub use audit::AuditEvent;
 pub use config::{Backend, DbConfig, default_pool_size};
 pub use control_plane::{REVISION_CHANNEL, RequestAudit, RevisionListener};

@@ -131,6 +131,9 @@ impl Store {
                     scopes: k.scopes,
                     expires_at: k.expires_at,
                     revoked_at: k.revoked_at,
+                    roles: k.roles,
+                    teams: k.teams,
+                    honoured_in: k.honoured_in,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
