@@ -80,6 +80,10 @@ enum Command {
         /// Apply once, print the report and exit (non-zero if a manifest was refused).
         #[arg(long)]
         once: bool,
+        /// Also serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090),
+        /// as `run` does: for Prometheus on a machine without a cluster.
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
     },
     /// Wait for the database, apply pending migrations and print the current revision.
     Migrate,
@@ -126,7 +130,8 @@ fn main() -> ExitCode {
                 manifests,
                 state_dir,
                 once,
-            } => run_local(common, manifests, state_dir, once).await,
+                admin_addr,
+            } => run_local(common, manifests, state_dir, once, admin_addr).await,
         }
     });
     match result {
@@ -220,7 +225,13 @@ async fn run(
     Ok(())
 }
 
-async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool) -> Result<(), Fatal> {
+async fn run_local(
+    common: Common,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    once: bool,
+    admin_addr: Option<SocketAddr>,
+) -> Result<(), Fatal> {
     // Local mode's database defaults to a SQLite file next to its state.
     let db = match DbConfig::from_env() {
         Ok(db) => db,
@@ -238,6 +249,22 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         events: false,
         ..common.config()
     };
+    if let Some(addr) = admin_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Fatal::Other(format!("bind {addr}: {e}")))?;
+        tokio::spawn(portcullis_operator::health::watch(
+            store.clone(),
+            metrics.clone(),
+            portcullis_operator::health::PROBE_PERIOD,
+        ));
+        let state = AdminState {
+            metrics: metrics.clone(),
+            ready: portcullis_operator::health::readiness(store.clone(), metrics.clone(), None),
+        };
+        tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
+        tracing::info!(%addr, "admin port: /metrics /healthz /readyz");
+    }
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
