@@ -137,8 +137,9 @@ fn root_schema(crd: &Value) -> Vec<(String, &Value)> {
 enum Expr {
     Ident(String),
     Str(String),
-    Int(i64),
-    Bool(bool),
+    /// Numbers and booleans: constants cost nothing, their values do not matter here.
+    Int,
+    Bool,
     Null,
     List(Vec<Expr>),
     Select(Box<Expr>, String),
@@ -156,7 +157,7 @@ enum Expr {
 enum Tok {
     Ident(String),
     Str(String),
-    Int(i64),
+    Int,
     Op(&'static str),
 }
 
@@ -193,8 +194,10 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
             while i < chars.len() && chars[i].is_ascii_digit() {
                 i += 1;
             }
-            let n: String = chars[start..i].iter().collect();
-            out.push(Tok::Int(n.parse().map_err(|e| format!("{e}"))?));
+            if chars[start..i].iter().collect::<String>().parse::<i64>().is_err() {
+                return Err("integer out of range".into());
+            }
+            out.push(Tok::Int);
         } else if c.is_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
@@ -207,7 +210,7 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
                 .iter()
                 .find(|op| rest.starts_with(**op))
                 .ok_or_else(|| format!("unexpected character {c:?}"))?;
-            out.push(Tok::Op(op));
+            out.push(Tok::Op(*op));
             i += op.len();
         }
     }
@@ -385,7 +388,7 @@ impl Parser {
         self.pos += 1;
         match tok {
             Tok::Str(s) => Ok(Expr::Str(s)),
-            Tok::Int(n) => Ok(Expr::Int(n)),
+            Tok::Int => Ok(Expr::Int),
             Tok::Op("(") => {
                 let e = self.ternary()?;
                 self.expect(")")?;
@@ -405,8 +408,7 @@ impl Parser {
                 Ok(Expr::List(items))
             }
             Tok::Ident(name) => match name.as_str() {
-                "true" => Ok(Expr::Bool(true)),
-                "false" => Ok(Expr::Bool(false)),
+                "true" | "false" => Ok(Expr::Bool),
                 "null" => Ok(Expr::Null),
                 "has" if self.eat("(") => {
                     let arg = self.ternary()?;
@@ -519,7 +521,7 @@ impl<'a> Estimator<'a> {
 
     fn cost(&mut self, e: &Expr) -> Result<Cost, String> {
         Ok(match e {
-            Expr::Str(_) | Expr::Int(_) | Expr::Bool(_) | Expr::Null => Cost::default(),
+            Expr::Str(_) | Expr::Int | Expr::Bool | Expr::Null => Cost::default(),
             Expr::Ident(_) => Cost::fixed(1),
             Expr::List(items) => {
                 let mut sum = Cost::fixed(1);
