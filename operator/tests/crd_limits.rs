@@ -75,7 +75,11 @@ fn string_max(schema: &Value) -> Option<u64> {
         return Some(max);
     }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
-        return values.iter().filter_map(Value::as_str).map(|s| s.chars().count() as u64).max();
+        return values
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|s| s.chars().count() as u64)
+            .max();
     }
     match schema.get("format").and_then(Value::as_str) {
         Some("date-time") => Some(DATE_TIME_SIZE),
@@ -103,13 +107,20 @@ fn walk<'a>(schema: &'a Value, path: String, cardinality: u64, out: &mut Vec<(St
     }
     if is_map(schema) {
         let max = schema.get("maxProperties").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        walk(&schema["additionalProperties"], format!("{path}{{}}"), cardinality.saturating_mul(max), out);
+        walk(
+            &schema["additionalProperties"],
+            format!("{path}{{}}"),
+            cardinality.saturating_mul(max),
+            out,
+        );
     }
 }
 
 fn unbounded(path: &str, schema: &Value) -> Option<String> {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
-        return Some(format!("{path}: x-kubernetes-preserve-unknown-fields (no bound possible)"));
+        return Some(format!(
+            "{path}: x-kubernetes-preserve-unknown-fields (no bound possible)"
+        ));
     }
     match schema.get("type").and_then(Value::as_str) {
         Some("string") if string_max(schema).is_none() => Some(format!("{path}: string without maxLength")),
@@ -150,7 +161,12 @@ enum Expr {
     /// A receiver-style call `target.name(args)`.
     Method(Box<Expr>, String, Vec<Expr>),
     /// A macro over a list or map: `target.all(var, body)` and friends.
-    Comprehension { kind: String, range: Box<Expr>, var: String, body: Box<Expr> },
+    Comprehension {
+        kind: String,
+        range: Box<Expr>,
+        var: String,
+        body: Box<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,8 +179,8 @@ enum Tok {
 
 fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
     const OPS: [&str; 22] = [
-        "&&", "||", "==", "!=", "<=", ">=", "!", "<", ">", "(", ")", "[", "]", ",", ".", "?", ":", "+", "-", "*",
-        "/", "%",
+        "&&", "||", "==", "!=", "<=", ">=", "!", "<", ">", "(", ")", "[", "]", ",", ".", "?", ":", "+", "-", "*", "/",
+        "%",
     ];
     let chars: Vec<char> = src.chars().collect();
     let mut i = 0;
@@ -286,7 +302,9 @@ impl Parser {
     fn relation(&mut self) -> Result<Expr, String> {
         let mut e = self.additive()?;
         loop {
-            let op = ["==", "!=", "<=", ">=", "<", ">"].into_iter().find(|op| self.peek_op(op));
+            let op = ["==", "!=", "<=", ">=", "<", ">"]
+                .into_iter()
+                .find(|op| self.peek_op(op));
             if let Some(op) = op {
                 self.pos += 1;
                 e = Expr::Call(format!("_{op}_"), vec![e, self.additive()?]);
@@ -576,7 +594,9 @@ impl<'a> Estimator<'a> {
                     sum = sum.add(self.cost(a)?);
                 }
                 let own = match (name.as_str(), args.as_slice()) {
-                    ("startsWith" | "endsWith", [arg]) => 1u64.saturating_add(factor(self.size(arg).1, STRING_TRAVERSAL)),
+                    ("startsWith" | "endsWith", [arg]) => {
+                        1u64.saturating_add(factor(self.size(arg).1, STRING_TRAVERSAL))
+                    }
                     ("contains", [arg]) => {
                         let product = self.size(target).1.saturating_mul(self.size(arg).1);
                         1u64.saturating_add(factor(product, STRING_TRAVERSAL))
@@ -749,16 +769,27 @@ fn the_estimator_reproduces_cel_gos_figures() {
     let paths = &schema["properties"]["paths"];
     // all(): range `self` 1 + result 1 + 32 × (cond 2 + step (1 + body)); body
     // p.startsWith('/') = p 1 + call 1 + ⌈0.1 × 1⌉ = 3.
-    assert_eq!(estimate("self.all(p, p.startsWith('/'))", paths).unwrap().max, 1 + 1 + 32 * (2 + 1 + 3));
+    assert_eq!(
+        estimate("self.all(p, p.startsWith('/'))", paths).unwrap().max,
+        1 + 1 + 32 * (2 + 1 + 3)
+    );
     // contains: p 1 + ⌈0.1 × 512 × 6⌉ = 308, + call 1 → 309 + … per path; range `self.paths` 2.
     assert_eq!(
-        estimate("self.paths.all(p, p.contains('{team}'))", &schema).unwrap().max,
+        estimate("self.paths.all(p, p.contains('{team}'))", &schema)
+            .unwrap()
+            .max,
         2 + 1 + 32 * (2 + 1 + 1 + 1 + 308)
     );
     // has(): self 1 + select 1; !: 1; ||: nothing.
-    assert_eq!(estimate("!has(self.public) || !self.public", &schema).unwrap().max, 3 + 3);
+    assert_eq!(
+        estimate("!has(self.public) || !self.public", &schema).unwrap().max,
+        3 + 3
+    );
     // An unbounded list cannot be estimated to a finite cost.
-    assert_eq!(estimate("self.open.all(p, p.startsWith('/'))", &schema).unwrap().max, u64::MAX);
+    assert_eq!(
+        estimate("self.open.all(p, p.startsWith('/'))", &schema).unwrap().max,
+        u64::MAX
+    );
     // Unknown functions are refused rather than guessed.
     assert!(estimate("self.name.lowerAscii() == 'x'", &schema).is_err());
     // The walker multiplies the bounds of enclosing lists and maps.

@@ -109,7 +109,10 @@ pub struct PolicyRule {
         feature = "schema",
         schemars(
             length(max = 32),
-            inner(length(max = 128), regex(pattern = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$"))
+            inner(
+                length(max = 128),
+                regex(pattern = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$")
+            )
         )
     )]
     pub require_scopes: Vec<String>,
@@ -168,11 +171,17 @@ pub struct ApiVersion {
     pub prefix: String,
     /// Date (RFC 3339 date, `YYYY-MM-DD`) the version was deprecated; sent as the `Deprecation` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))
+    )]
     pub deprecated: Option<String>,
     /// Date (`YYYY-MM-DD`) after which the version is removed; sent as the `Sunset` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))
+    )]
     pub sunset: Option<String>,
     /// Link to migration notes; sent as a `Link: <…>; rel="deprecation"` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
