@@ -226,7 +226,7 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, String> {
                 .iter()
                 .find(|op| rest.starts_with(**op))
                 .ok_or_else(|| format!("unexpected character {c:?}"))?;
-            out.push(Tok::Op(*op));
+            out.push(Tok::Op(op));
             i += op.len();
         }
     }
