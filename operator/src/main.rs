@@ -131,6 +131,10 @@ enum Command {
         once: bool,
         #[command(flatten)]
         api: ApiArgs,
+        /// Also serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090),
+        /// as `run` does: for Prometheus on a machine without a cluster.
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
     },
     /// Wait for the database, apply pending migrations and print the current revision.
     Migrate,
@@ -195,7 +199,8 @@ fn main() -> ExitCode {
                 state_dir,
                 once,
                 api,
-            } => run_local(common, manifests, state_dir, once, api).await,
+                admin_addr,
+            } => run_local(common, manifests, state_dir, once, api, admin_addr).await,
         }
     });
     match result {
@@ -396,6 +401,7 @@ async fn run_local(
     state_dir: PathBuf,
     once: bool,
     api_args: ApiArgs,
+    admin_addr: Option<SocketAddr>,
 ) -> Result<(), Fatal> {
     // Local mode's database defaults to a SQLite file next to its state.
     let db = match DbConfig::from_env() {
@@ -427,6 +433,22 @@ async fn run_local(
         events: false,
         ..common.config()
     };
+    if let Some(addr) = admin_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Fatal::Other(format!("bind {addr}: {e}")))?;
+        tokio::spawn(portcullis_operator::health::watch(
+            store.clone(),
+            metrics.clone(),
+            portcullis_operator::health::PROBE_PERIOD,
+        ));
+        let state = AdminState {
+            metrics: metrics.clone(),
+            ready: portcullis_operator::health::readiness(store.clone(), metrics.clone(), None),
+        };
+        tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
+        tracing::info!(%addr, "admin port: /metrics /healthz /readyz");
+    }
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {

@@ -89,12 +89,13 @@ pub struct PolicyRule {
     pub name: String,
     /// HTTP methods this rule applies to; empty means every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 7)))]
     pub methods: Vec<HttpMethod>,
     /// Path globs, each starting with `/`. `*` matches one segment, `**` any number of
     /// trailing segments, `{team}` one segment captured as the team name.
     #[cfg_attr(
         feature = "schema",
-        schemars(length(min = 1), extend("x-kubernetes-validations" = [
+        schemars(length(min = 1, max = 32), inner(length(max = 512)), extend("x-kubernetes-validations" = [
             {"rule": "self.all(p, p.startsWith('/'))", "message": "every path must start with /"}
         ]))
     )]
@@ -106,11 +107,18 @@ pub struct PolicyRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(
         feature = "schema",
-        schemars(inner(regex(pattern = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$")))
+        schemars(
+            length(max = 32),
+            inner(
+                length(max = 128),
+                regex(pattern = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$")
+            )
+        )
     )]
     pub require_scopes: Vec<String>,
     /// Global roles the caller must hold, any one of them (e.g. `admin`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 32), inner(length(max = 253))))]
     pub require_roles: Vec<String>,
     /// Minimum role the caller must hold in the team captured by `{team}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,15 +150,19 @@ pub struct PolicyRule {
 pub struct Cors {
     /// Origins allowed to call the API (exact match, e.g. `https://app.example.com`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(length(max = 64), inner(length(max = 256))))]
     pub allowed_origins: Vec<String>,
     /// Methods allowed in cross-origin requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 7)))]
     pub allowed_methods: Vec<HttpMethod>,
     /// Request headers allowed in cross-origin requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 64), inner(length(max = 128))))]
     pub allowed_headers: Vec<String>,
     /// Response headers exposed to the browser.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 64), inner(length(max = 128))))]
     pub expose_headers: Vec<String>,
     /// Whether browsers may send credentials (cookies, Authorization).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -207,18 +219,25 @@ impl PathMatching {
 #[serde(rename_all = "camelCase")]
 pub struct ApiVersion {
     /// Path prefix of the version, e.g. `/api/v0`.
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^/")))]
+    #[cfg_attr(feature = "schema", schemars(length(max = 256), regex(pattern = r"^/")))]
     pub prefix: String,
     /// Date (RFC 3339 date, `YYYY-MM-DD`) the version was deprecated; sent as the `Deprecation` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))
+    )]
     pub deprecated: Option<String>,
     /// Date (`YYYY-MM-DD`) after which the version is removed; sent as the `Sunset` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\d{4}-\d{2}-\d{2}$")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(max = 10), regex(pattern = r"^\d{4}-\d{2}-\d{2}$"))
+    )]
     pub sunset: Option<String>,
     /// Link to migration notes; sent as a `Link: <…>; rel="deprecation"` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 2048)))]
     pub link: Option<String>,
 }
 
@@ -229,9 +248,11 @@ pub struct ApiVersion {
 pub struct ApiVersions {
     /// Path prefix of the current version, e.g. `/api/v1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 256)))]
     pub current: Option<String>,
     /// Older versions still served, with their deprecation and sunset dates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 16)))]
     pub deprecated: Vec<ApiVersion>,
 }
 
@@ -272,9 +293,14 @@ fn is_zero(f: &f64) -> bool {
 pub struct LabelSelector {
     /// Labels the pod must carry with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 63}))
+    )]
     pub match_labels: BTreeMap<String, String>,
     /// Set-based requirements on the pod's labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 16)))]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
@@ -284,11 +310,13 @@ pub struct LabelSelector {
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     /// The label key the requirement applies to.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 317)))]
     pub key: String,
     /// How the label's value relates to `values`.
     pub operator: SelectorOperator,
     /// Values for `In` and `NotIn`; must be empty for `Exists` and `DoesNotExist`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(length(max = 64), inner(length(max = 63))))]
     pub values: Vec<String>,
 }
 

@@ -59,7 +59,7 @@ pub struct ApiKeySpec {
     /// Who the key acts for: exactly one of `user` or `source`.
     pub owner: ApiKeyOwner,
     /// Scopes of the key; must be a subset of the owner's scopes.
-    #[schemars(length(min = 1), inner(regex(pattern = super::patterns::SCOPE)))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 128), regex(pattern = super::patterns::SCOPE)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub scopes: Vec<String>,
     /// Global roles of the owning User the key also carries (each must be one the user
@@ -85,7 +85,7 @@ pub struct ApiKeySpec {
     pub expires_at: Option<Time>,
     /// Secret the key is written to, in this namespace; defaults to `<name>-apikey`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = super::patterns::OBJECT_NAME))]
+    #[schemars(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME))]
     pub secret_name: Option<String>,
 }
 
@@ -98,11 +98,11 @@ pub struct ApiKeySpec {
 pub struct ApiKeyOwner {
     /// Name of the owning User (cluster-scoped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = super::patterns::OBJECT_NAME))]
+    #[schemars(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME))]
     pub user: Option<String>,
     /// Name of the owning Source, in the APIKey's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = super::patterns::OBJECT_NAME))]
+    #[schemars(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME))]
     pub source: Option<String>,
 }
 
@@ -114,9 +114,11 @@ pub struct ApiKeyStatus {
     pub common: Status,
     /// First characters of the key, safe to show and to search logs for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub prefix: Option<String>,
     /// Secret the key was written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub secret_name: Option<String>,
     /// When the current key was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +126,7 @@ pub struct ApiKeyStatus {
     /// The `portcullis.io/rotate` annotation value last acted on; setting the annotation
     /// to another value rotates the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub rotation: Option<String>,
 }
 

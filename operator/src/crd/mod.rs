@@ -62,7 +62,29 @@ pub struct Status {
     /// Current state of the object; `Ready` tells whether it is in the database and enforced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(transform = bound_conditions)]
     pub conditions: Vec<Condition>,
+}
+
+/// Adds to k8s-openapi's schema of `Condition` the bounds the API server declares for
+/// `metav1.Condition` (k8s-openapi's carries none): an API server estimates the cost of
+/// CEL rules from such bounds, and `operator/tests/crd_limits.rs` wants every field bounded.
+fn bound_conditions(schema: &mut schemars::Schema) {
+    schema.insert("maxItems".into(), 16.into());
+    let props = schema
+        .get_mut("items")
+        .and_then(|items| items.get_mut("properties"))
+        .and_then(serde_json::Value::as_object_mut);
+    if let Some(props) = props {
+        for (field, max) in [("type", 316), ("reason", 1024), ("message", 32768)] {
+            if let Some(field) = props.get_mut(field).and_then(serde_json::Value::as_object_mut) {
+                field.insert("maxLength".into(), max.into());
+            }
+        }
+        if let Some(status) = props.get_mut("status").and_then(serde_json::Value::as_object_mut) {
+            status.insert("enum".into(), serde_json::json!(["True", "False", "Unknown"]));
+        }
+    }
 }
 
 /// Kinds whose status is just [`Status`] and kinds that extend it reach it alike.
@@ -81,9 +103,11 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Namespace of the Secret; defaults to the operator's namespace for cluster-scoped owners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub namespace: Option<String>,
     /// Key within the Secret's data.
     #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 

@@ -34,7 +34,7 @@ use super::Status;
 #[serde(rename_all = "camelCase")]
 pub struct RoleSpec {
     /// Scopes granted by this role: `read`, `write`, `admin`, or `resource:verb` (e.g. `sources:write`).
-    #[schemars(length(min = 1), inner(regex(pattern = super::patterns::SCOPE)))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 128), regex(pattern = super::patterns::SCOPE)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub scopes: Vec<String>,
     /// What the role is for, shown to administrators.

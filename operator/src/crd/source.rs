@@ -55,10 +55,11 @@ pub struct SourceSpec {
     pub source_type: SourceType,
     /// Team that owns the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = super::patterns::OBJECT_NAME))]
+    #[schemars(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME))]
     pub team: Option<String>,
     /// Free-form labels attached to what the source sends.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     pub labels: BTreeMap<String, String>,
     /// Whether the source may send; a disabled source's key is refused.
     #[serde(default = "enabled_by_default")]
@@ -105,6 +106,7 @@ pub struct SourceStatus {
     pub common: Status,
     /// Secret holding the source's own API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub api_key_secret: Option<String>,
 }
 

@@ -44,6 +44,7 @@ pub struct TeamSpec {
     pub description: Option<String>,
     /// Members of the team; each User appears at most once.
     #[serde(default)]
+    #[schemars(length(max = 5000))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["user"]))]
     pub members: Vec<TeamMember>,
 }
@@ -53,7 +54,7 @@ pub struct TeamSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TeamMember {
     /// Name of the User.
-    #[schemars(regex(pattern = super::patterns::OBJECT_NAME))]
+    #[schemars(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME))]
     pub user: String,
     /// The member's role in this team: `owner`, `admin`, `member` or `viewer`.
     pub role: TeamRole,

@@ -57,7 +57,7 @@ pub struct UserSpec {
     pub display_name: Option<String>,
     /// Names of the Roles this user holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = super::patterns::OBJECT_NAME)))]
+    #[schemars(length(max = 64), inner(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub roles: Vec<String>,
     /// Refuse logins and revoke every session and token of this user.
@@ -69,7 +69,7 @@ pub struct UserSpec {
     pub password_secret_ref: Option<SecretKeyRef>,
     /// Free-form user preferences (e.g. `theme: dark`, `reducedMotion: "true"`), returned by `/api/v1/auth/user`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
     pub preferences: BTreeMap<String, String>,
     /// Require a second factor at login.
     #[serde(default)]
