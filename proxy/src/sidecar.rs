@@ -167,10 +167,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
     };
     if let Some(path) = &config.snapshot_file
-        && let Ok(bytes) = std::fs::read(path)
+        && let Ok(file) = std::fs::File::open(path)
     {
         // Before accepting: a sidecar that listens already enforces its policy.
-        installer.apply(&bytes, &path.display().to_string());
+        installer.apply_reader(file, &path.display().to_string());
     }
     background.push(tokio::spawn(admin::serve(
         admin_listener,
