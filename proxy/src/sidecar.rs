@@ -170,10 +170,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
     };
     if let Some(path) = &config.snapshot_file
-        && let Ok(bytes) = std::fs::read(path)
+        && let Ok(file) = std::fs::File::open(path)
     {
         // Before accepting: a sidecar that listens already enforces its policy.
-        installer.apply(&bytes, &path.display().to_string());
+        installer.apply_reader(file, &path.display().to_string());
     }
     if let Some(files) = cert_files {
         // cert-manager (or the operator) rotates the mounted files: served without a restart.

@@ -1,17 +1,23 @@
 //! The control plane, long-polled for the next snapshot of this namespace (the contract
 //! of [`portcullis_wire::api`]): over the verified channel of [`crate::control_plane`],
 //! with the token read afresh each poll, gzip accepted and inflated within a bound.
+//!
+//! A snapshot is parsed as it streams in (on a blocking thread, fed the body's chunks
+//! through a short channel), never held whole: a document of 100,000 API keys is 24 MB,
+//! its compact form a quarter of that.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use portcullis_wire::api::SNAPSHOTS_PATH;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::Installer;
@@ -38,14 +44,8 @@ pub enum FeedError {
     Timeout,
     #[error("control plane unreachable: {0}")]
     Unreachable(#[from] hyper_util::client::legacy::Error),
-    #[error("reading snapshot: {0}")]
-    Body(crate::BoxError),
     #[error("snapshot sent with Content-Encoding {0:?}; only gzip was offered")]
     Encoding(String),
-    #[error("snapshot does not inflate: {0}")]
-    Inflate(std::io::Error),
-    #[error("snapshot inflates past {} MiB; refused", MAX_SNAPSHOT_BYTES >> 20)]
-    TooLarge,
     #[error("control plane answered {0}")]
     Status(StatusCode),
 }
@@ -54,8 +54,8 @@ pub enum FeedError {
 enum Fetched {
     /// 304: what the sidecar holds is current.
     Unchanged,
-    /// 200: a snapshot document, inflated.
-    Snapshot(Vec<u8>),
+    /// 200: a snapshot document on its way, gzipped or not.
+    Snapshot { body: Incoming, gzip: bool },
 }
 
 /// Long-polls the control plane: answers with a snapshot are installed, 304s confirm the
@@ -74,14 +74,21 @@ pub async fn poll(endpoint: Endpoint, installer: Installer) {
                 installer.current.confirm();
                 None
             }
-            Ok(Fetched::Snapshot(document)) => {
+            Ok(Fetched::Snapshot { body, gzip }) => {
                 // Parsing and compiling a large snapshot takes a while: off the runtime's
-                // threads, so requests are not held up behind it.
+                // threads, so requests are not held up behind it, and fed as it arrives.
+                let (chunks, received) = mpsc::channel(4);
                 let installing = installer.clone();
                 let origin = format!("{endpoint:?}");
-                let installed = tokio::task::spawn_blocking(move || installing.apply(&document, &origin))
-                    .await
-                    .unwrap_or(false);
+                let parsing = tokio::task::spawn_blocking(move || {
+                    let chunks = Chunks {
+                        received,
+                        current: Bytes::new(),
+                    };
+                    installing.apply_reader(document(chunks, gzip, MAX_SNAPSHOT_BYTES), &origin)
+                });
+                pump(body, chunks).await;
+                let installed = parsing.await.unwrap_or(false);
                 // The control plane answered either way; a snapshot it keeps sending and we
                 // keep refusing must not be fetched in a tight loop.
                 installer.current.confirm();
@@ -133,36 +140,91 @@ async fn fetch(
                 Some(v) if v.as_bytes().eq_ignore_ascii_case(b"identity") => false,
                 Some(other) => return Err(FeedError::Encoding(String::from_utf8_lossy(other.as_bytes()).into())),
             };
-            let body = tokio::time::timeout(
-                POLL_TIMEOUT,
-                Limited::new(response.into_body(), MAX_SNAPSHOT_BYTES).collect(),
-            )
-            .await
-            .map_err(|_| FeedError::Timeout)?
-            .map_err(FeedError::Body)?
-            .to_bytes();
-            if gzip {
-                inflate(&body, MAX_SNAPSHOT_BYTES).map(Fetched::Snapshot)
-            } else {
-                Ok(Fetched::Snapshot(body.to_vec()))
-            }
+            Ok(Fetched::Snapshot {
+                body: response.into_body(),
+                gzip,
+            })
         }
         other => Err(FeedError::Status(other)),
     }
 }
 
-/// Inflates a gzip body, refusing one that would grow past `limit` bytes: a small
-/// compressed answer must not be able to exhaust the sidecar's memory.
-fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, FeedError> {
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    flate2::read::GzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(FeedError::Inflate)?;
-    if out.len() > limit {
-        return Err(FeedError::TooLarge);
+/// Hands the body's chunks to the parser as they arrive, within the poll's timeout; a
+/// failure reaches the parser as a read error.
+async fn pump(mut body: Incoming, chunks: mpsc::Sender<io::Result<Bytes>>) {
+    let deadline = tokio::time::Instant::now() + POLL_TIMEOUT;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Ok(data),
+                Err(_) => continue, // trailers: nothing to parse
+            },
+            Ok(Some(Err(e))) => Err(io::Error::other(e)),
+            Ok(None) => return,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the snapshot did not arrive in time",
+            )),
+        };
+        let failed = next.is_err();
+        // The parser gave up (a bad document): nothing more to send.
+        if chunks.send(next).await.is_err() || failed {
+            return;
+        }
     }
-    Ok(out)
+}
+
+/// The body's chunks, as a blocking reader for the parser.
+struct Chunks {
+    received: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.received.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current.advance(n);
+        Ok(n)
+    }
+}
+
+/// The document `body` carries, inflated when `gzip`, and cut off with an error past
+/// `limit` bytes: a small compressed answer must not be able to exhaust the sidecar's
+/// memory (nor a plain one that never ends).
+fn document(body: impl Read + Send + 'static, gzip: bool, limit: usize) -> Bounded<Box<dyn Read + Send>> {
+    let inner: Box<dyn Read + Send> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(body))
+    } else {
+        Box::new(body)
+    };
+    Bounded { inner, left: limit }
+}
+
+/// A reader that fails once more than its limit was read.
+struct Bounded<R> {
+    inner: R,
+    left: usize,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n).ok_or_else(|| {
+            io::Error::other(format!(
+                "the snapshot inflates past {} MiB; refused",
+                MAX_SNAPSHOT_BYTES >> 20
+            ))
+        })?;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -315,13 +377,25 @@ mod tests {
 
     #[test]
     fn gzip_is_inflated_within_a_bound() {
+        let read = |bytes: Vec<u8>, gzip: bool, limit| {
+            let mut out = Vec::new();
+            super::document(io::Cursor::new(bytes), gzip, limit)
+                .read_to_end(&mut out)
+                .map(|_| out)
+        };
         let doc = document("e", 1);
-        assert_eq!(inflate(&gzip(&doc), 1 << 20).unwrap(), doc);
+        assert_eq!(read(gzip(&doc), true, 1 << 20).unwrap(), doc);
+        assert_eq!(read(doc.clone(), false, 1 << 20).unwrap(), doc);
         // A bomb: 64 MiB of zeros in about 64 KiB, refused at 1 MiB.
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 1 << 20);
-        assert!(matches!(inflate(&bomb, 1 << 20), Err(FeedError::TooLarge)));
-        assert!(matches!(inflate(b"not gzip", 1 << 20), Err(FeedError::Inflate(_))));
+        let refused = read(bomb, true, 1 << 20).unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        assert!(read(b"not gzip".to_vec(), true, 1 << 20).is_err());
+        assert!(
+            read(vec![b' '; 2 << 20], false, 1 << 20).is_err(),
+            "plain bodies are bounded too"
+        );
     }
 
     #[tokio::test]

@@ -25,12 +25,16 @@ pub async fn watch(path: PathBuf, interval: Duration, installer: Installer) {
             Ok(meta) => {
                 let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
                 if seen != Some(stamp) {
-                    match tokio::fs::read(&path).await {
-                        Ok(bytes) => {
-                            installer.apply(&bytes, &origin);
-                            seen = Some(stamp);
-                        }
-                        Err(e) => warn!(feed = %origin, error = %e, "cannot read snapshot file"),
+                    // Parsed as it is read, on a blocking thread: never held whole.
+                    let (reading, from, installing) = (path.clone(), origin.clone(), installer.clone());
+                    let read = tokio::task::spawn_blocking(move || {
+                        std::fs::File::open(&reading).map(|file| installing.apply_reader(file, &from))
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(_)) => seen = Some(stamp),
+                        Ok(Err(e)) => warn!(feed = %origin, error = %e, "cannot read snapshot file"),
+                        Err(e) => warn!(feed = %origin, error = %e, "snapshot file reader failed"),
                     }
                 } else if current.load().is_some() {
                     // The file is the source of truth and it has not changed: still current.

@@ -8,10 +8,10 @@ pub mod file;
 
 use std::sync::Arc;
 
-use portcullis_wire::Snapshot;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
+use crate::policy::received::Received;
 use crate::policy::snapshot::{Current, Pod};
 
 /// Where the feed installs snapshots: the snapshot in force, compiled for this pod, with
@@ -28,14 +28,29 @@ pub struct Installer {
 impl Installer {
     /// Parses and installs one snapshot document from `origin`, recording the outcome.
     pub fn apply(&self, bytes: &[u8], origin: &str) -> bool {
-        let snapshot: Snapshot = match serde_json::from_slice(bytes) {
-            Ok(s) => s,
+        self.install(serde_json::from_slice(bytes), origin)
+    }
+
+    /// Parses a snapshot document as `reader` yields it (never holding it whole) and
+    /// installs it. Blocking: for a blocking thread.
+    pub fn apply_reader(&self, reader: impl std::io::Read, origin: &str) -> bool {
+        self.install(
+            serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, reader)),
+            origin,
+        )
+    }
+
+    fn install(&self, parsed: Result<Received, serde_json::Error>, origin: &str) -> bool {
+        let received = match parsed {
+            Ok(received) => received,
             Err(e) => {
                 self.metrics.snapshot_updates.with_label_values(&["error"]).inc();
-                warn!(feed = origin, error = %e, "snapshot is not valid JSON; keeping the one in force");
+                warn!(feed = origin, error = %e, "snapshot unreadable or not valid JSON; keeping the one in force");
                 return false;
             }
         };
+        let snapshot = &received.snapshot;
+        let (revision, epoch) = (snapshot.revision, snapshot.epoch.clone());
         let previous_epoch = self.current.load().map(|c| c.epoch.clone());
         if let Some(previous) = previous_epoch
             && previous != snapshot.epoch
@@ -43,14 +58,14 @@ impl Installer {
             warn!(feed = origin, previous_epoch = %previous, epoch = %snapshot.epoch, revision = snapshot.revision,
                 "the control plane's epoch changed (database restored or replaced): installing its snapshot whatever the revision");
         }
-        match self.current.install(&snapshot, &self.pod, self.jwt_cache) {
+        match self.current.install_received(received, &self.pod, self.jwt_cache) {
             Ok(problems) => {
                 for problem in problems {
                     warn!(feed = origin, problem = %problem, "JWT key not usable");
                 }
                 self.metrics.snapshot_updates.with_label_values(&["installed"]).inc();
-                self.metrics.snapshot_revision.set(snapshot.revision);
-                info!(feed = origin, revision = snapshot.revision, "snapshot installed");
+                self.metrics.snapshot_revision.set(revision);
+                info!(feed = origin, revision, epoch = %epoch, "snapshot installed");
                 true
             }
             Err(e) => {
@@ -64,6 +79,8 @@ impl Installer {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use portcullis_wire::Snapshot;
+
     use super::*;
 
     /// An installer for a pod of namespace `shop`, with nothing installed yet.

@@ -149,10 +149,199 @@ impl Refusal {
     }
 }
 
-struct UserInfo {
+/// One API key, as little as deciding on it takes: 68 bytes, where the wire form with its
+/// strings was several hundred. The owner's name, the namespace and the scope list are
+/// indices into tables the keys share (a hundred thousand keys name a few thousand owners
+/// and a handful of scope lists); the display prefix is the first `prefix_len` characters
+/// of the key itself, so only its length is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRecord {
+    hash: [u8; 32],
+    /// Unix seconds; 0 for never (see [`compact_time`]).
+    expires_at: u32,
+    revoked_at: u32,
+    owner: u32,
+    namespace: u32,
+    /// Indices into the shared string lists: the key's scopes, the roles and teams it
+    /// carries, the further namespaces that honour it.
+    scopes: u32,
+    roles: u32,
+    teams: u32,
+    honoured_in: u32,
+    kind: OwnerKind,
+    prefix_len: u8,
+}
+
+/// Unix seconds in 32 bits: `None` is 0 (never), a time at or before the epoch is 1 (long
+/// past), one past 2106 is `u32::MAX` (as good as never, and still compared as a time).
+fn compact_time(at: Option<i64>) -> u32 {
+    match at {
+        None => 0,
+        Some(t) if t <= 0 => 1,
+        Some(t) => u32::try_from(t).unwrap_or(u32::MAX),
+    }
+}
+
+/// Whether a compact time is set and reached at `now`.
+fn reached(at: u32, now: i64) -> bool {
+    at != 0 && i64::from(at) <= now
+}
+
+/// API keys as they arrive, one at a time (see [`super::received`]): names and scope lists
+/// interned as they come, so that the wire form of the keys is never held whole.
+#[derive(Debug, Default)]
+pub struct Keys {
+    records: Vec<KeyRecord>,
+    names: HashMap<Box<str>, u32>,
+    lists: HashMap<Box<[String]>, u32>,
+}
+
+/// The fields of one wire `ApiKeyEntry`, borrowed.
+pub struct KeyFields<'a> {
+    pub key_hash: &'a str,
+    pub prefix: &'a str,
+    pub namespace: &'a str,
+    pub owner_kind: OwnerKind,
+    pub owner_name: &'a str,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub teams: Vec<String>,
+    pub honoured_in: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl Keys {
+    /// Adds one key; a hash that is not 64 hex digits is left out (no key can match it).
+    pub fn push(&mut self, key: KeyFields<'_>) {
+        let Some(hash) = decode_hex(key.key_hash) else {
+            return;
+        };
+        let owner = intern(&mut self.names, key.owner_name);
+        let namespace = intern(&mut self.names, key.namespace);
+        let scopes = intern_list(&mut self.lists, key.scopes);
+        let roles = intern_list(&mut self.lists, key.roles);
+        let teams = intern_list(&mut self.lists, key.teams);
+        let honoured_in = intern_list(&mut self.lists, key.honoured_in);
+        self.records.push(KeyRecord {
+            hash,
+            expires_at: compact_time(key.expires_at),
+            revoked_at: compact_time(key.revoked_at),
+            owner,
+            namespace,
+            scopes,
+            roles,
+            teams,
+            honoured_in,
+            kind: key.owner_kind,
+            prefix_len: u8::try_from(key.prefix.len()).unwrap_or(u8::MAX),
+        });
+    }
+
+    /// The keys of a whole wire snapshot.
+    pub fn from_entries(entries: &[ApiKeyEntry]) -> Keys {
+        let mut keys = Keys::default();
+        for e in entries {
+            keys.push(KeyFields {
+                key_hash: &e.key_hash,
+                prefix: &e.prefix,
+                namespace: &e.namespace,
+                owner_kind: e.owner_kind,
+                owner_name: &e.owner_name,
+                scopes: e.scopes.clone(),
+                roles: e.roles.clone(),
+                teams: e.teams.clone(),
+                honoured_in: e.honoured_in.clone(),
+                expires_at: e.expires_at,
+                revoked_at: e.revoked_at,
+            });
+        }
+        keys
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Sorted by hash for the lookup, the interning maps turned into plain tables.
+    fn finish(self) -> KeyTable {
+        let mut records = self.records;
+        records.sort_unstable_by_key(|k| k.hash);
+        records.dedup_by(|a, b| a.hash == b.hash);
+        KeyTable {
+            records: records.into_boxed_slice(),
+            names: table(self.names),
+            lists: table(self.lists),
+        }
+    }
+}
+
+/// A list of names, shared by every key with the same (keys repeat a few lists).
+fn intern_list(lists: &mut HashMap<Box<[String]>, u32>, list: Vec<String>) -> u32 {
+    if let Some(id) = lists.get(list.as_slice()) {
+        return *id;
+    }
+    let id = u32::try_from(lists.len()).unwrap_or(u32::MAX);
+    lists.insert(list.into_boxed_slice(), id);
+    id
+}
+
+fn intern(names: &mut HashMap<Box<str>, u32>, name: &str) -> u32 {
+    if let Some(id) = names.get(name) {
+        return *id;
+    }
+    let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+    names.insert(name.into(), id);
+    id
+}
+
+/// An interning map as the table its ids index.
+fn table<T>(interned: HashMap<T, u32>) -> Box<[T]> {
+    let mut entries: Vec<(T, u32)> = interned.into_iter().collect();
+    entries.sort_unstable_by_key(|(_, id)| *id);
+    entries.into_iter().map(|(value, _)| value).collect()
+}
+
+/// The keys, looked up by hash with a binary search.
+#[derive(Debug, Default)]
+struct KeyTable {
+    records: Box<[KeyRecord]>,
+    names: Box<[Box<str>]>,
+    lists: Box<[Box<[String]>]>,
+}
+
+impl KeyTable {
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |n| &**n)
+    }
+
+    fn list(&self, id: u32) -> &[String] {
+        self.lists.get(id as usize).map_or(&[][..], |s| &**s)
+    }
+}
+
+/// A user, compact: roles and teams as shared lists (users share a few role lists), the
+/// principal built on first use and kept (every request of the user shares it).
+struct UserRecord {
+    name: Box<str>,
+    email: Box<str>,
     disabled: bool,
-    /// Built once per snapshot; every request of this user shares it.
-    principal: Arc<Principal>,
+    roles: u32,
+    teams: u32,
+    principal: OnceLock<Arc<Principal>>,
+}
+
+/// A user's teams and roles in them, shared by the users with the same.
+type TeamList = Box<[(String, TeamRole)]>;
+
+/// A list of roles, and the scopes they grant (sorted, without repeats).
+struct RoleSet {
+    roles: Box<[String]>,
+    scopes: Box<[String]>,
 }
 
 struct SourceInfo {
@@ -162,54 +351,75 @@ struct SourceInfo {
 
 /// The snapshot, indexed.
 pub struct Directory {
-    keys: HashMap<[u8; 32], ApiKeyEntry>,
-    users: HashMap<String, UserInfo>,
-    /// lower-cased e-mail → user name
-    emails: HashMap<String, String>,
+    keys: KeyTable,
+    /// Sorted by name.
+    users: Box<[UserRecord]>,
+    role_sets: Box<[RoleSet]>,
+    team_sets: Box<[TeamList]>,
+    /// lower-cased e-mail → index in `users`, sorted by e-mail.
+    emails: Box<[(Box<str>, u32)]>,
     sources: HashMap<(String, String), SourceInfo>,
     revoked_sessions: HashSet<String>,
 }
 
 impl Directory {
+    /// The directory of a whole wire snapshot (its API keys included).
     pub fn new(snapshot: &Snapshot) -> Directory {
+        Directory::with_keys(snapshot, Keys::from_entries(&snapshot.api_keys))
+    }
+
+    /// The directory of `snapshot`'s users and sources, with `keys` (the snapshot's own
+    /// `api_keys` are not looked at: a received snapshot has them in `keys` already).
+    pub fn with_keys(snapshot: &Snapshot, keys: Keys) -> Directory {
         let role_scopes: HashMap<&str, &[String]> = snapshot
             .roles
             .iter()
             .map(|r| (r.name.as_str(), r.scopes.as_slice()))
             .collect();
-        let users = snapshot
-            .users
-            .iter()
-            .map(|u| {
-                let scopes: BTreeSet<String> = u
+        let mut role_ids: HashMap<&[String], u32> = HashMap::new();
+        let mut role_sets: Vec<RoleSet> = Vec::new();
+        let mut team_ids: HashMap<Vec<(String, TeamRole)>, u32> = HashMap::new();
+        let mut users: Vec<UserRecord> = Vec::with_capacity(snapshot.users.len());
+        for u in &snapshot.users {
+            let roles = *role_ids.entry(u.roles.as_slice()).or_insert_with(|| {
+                let scopes: BTreeSet<&String> = u
                     .roles
                     .iter()
                     .filter_map(|r| role_scopes.get(r.as_str()))
-                    .flat_map(|s| s.iter().cloned())
+                    .flat_map(|s| s.iter())
                     .collect();
-                let principal = Principal {
-                    roles: u.roles.clone(),
-                    scopes: scopes.into_iter().collect(),
-                    teams: u.teams.iter().map(|t| (t.team.clone(), t.role)).collect(),
-                    ..Principal::named(format!("user:{}", u.name), u.name.clone(), Some(u.email.clone()))
-                };
-                let info = UserInfo {
-                    disabled: u.disabled,
-                    principal: Arc::new(principal),
-                };
-                (u.name.clone(), info)
+                role_sets.push(RoleSet {
+                    roles: u.roles.clone().into_boxed_slice(),
+                    scopes: scopes.into_iter().cloned().collect(),
+                });
+                u32::try_from(role_sets.len() - 1).unwrap_or(u32::MAX)
+            });
+            let team_list: Vec<(String, TeamRole)> = u.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
+            let next = u32::try_from(team_ids.len()).unwrap_or(u32::MAX);
+            let teams = *team_ids.entry(team_list).or_insert(next);
+            users.push(UserRecord {
+                name: u.name.as_str().into(),
+                email: u.email.as_str().into(),
+                disabled: u.disabled,
+                roles,
+                teams,
+                principal: OnceLock::new(),
+            });
+        }
+        users.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        // A name listed twice: the first one counts, as a lookup would find one of them.
+        users.dedup_by(|a, b| a.name == b.name);
+        let mut emails: Vec<(Box<str>, u32)> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                (
+                    u.email.to_ascii_lowercase().into(),
+                    u32::try_from(i).unwrap_or(u32::MAX),
+                )
             })
             .collect();
-        let emails = snapshot
-            .users
-            .iter()
-            .map(|u| (u.email.to_ascii_lowercase(), u.name.clone()))
-            .collect();
-        let keys = snapshot
-            .api_keys
-            .iter()
-            .filter_map(|k| Some((decode_hex(&k.key_hash)?, k.clone())))
-            .collect();
+        emails.sort_unstable();
         let sources = snapshot
             .sources
             .iter()
@@ -227,63 +437,111 @@ impl Directory {
             .collect();
         let revoked_sessions = snapshot.revoked_sessions.iter().cloned().collect();
         Directory {
-            keys,
-            users,
-            emails,
+            keys: keys.finish(),
+            users: users.into_boxed_slice(),
+            role_sets: role_sets.into_boxed_slice(),
+            team_sets: table(team_ids).into_iter().map(Vec::into_boxed_slice).collect(),
+            emails: emails.into_boxed_slice(),
             sources,
             revoked_sessions,
         }
     }
 
     /// Authenticates an API key at `now` (Unix seconds) for a sidecar of `namespace`. The
-    /// key is hashed and looked up by hash; the stored hash is then compared in constant
-    /// time. A key is honoured only in its own namespace and those its owner allowed.
+    /// key is hashed and the hash found by binary search (over hashes, which no caller can
+    /// steer); the stored hash is then compared in constant time. A key is honoured only
+    /// in its own namespace and those its owner allowed.
     pub fn api_key(&self, presented: &str, namespace: &str, now: i64) -> Result<Arc<Principal>, Refusal> {
         if presented.is_empty() || presented.len() > MAX_KEY_LEN || !presented.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Refusal::Malformed);
         }
         let digest = api_key::digest(presented);
-        let (stored, entry) = self.keys.get_key_value(&digest).ok_or(Refusal::Unknown)?;
-        if !constant_time_eq(stored, &digest) {
+        let index = self
+            .keys
+            .records
+            .binary_search_by(|k| k.hash.cmp(&digest))
+            .map_err(|_| Refusal::Unknown)?;
+        let entry = self.keys.records.get(index).ok_or(Refusal::Unknown)?;
+        if !constant_time_eq(&entry.hash, &digest) {
             return Err(Refusal::Unknown);
         }
-        if entry.revoked_at.is_some_and(|at| at <= now) {
+        if reached(entry.revoked_at, now) {
             return Err(Refusal::Revoked);
         }
-        if entry.expires_at.is_some_and(|at| at <= now) {
+        if reached(entry.expires_at, now) {
             return Err(Refusal::Expired);
         }
-        if !entry.honoured_by(namespace) {
+        if self.keys.name(entry.namespace) != namespace && !self.keys.list(entry.honoured_in).iter().any(|n| n == namespace)
+        {
             return Err(Refusal::WrongNamespace);
         }
-        let mut principal = match entry.owner_kind {
+        let scopes = self.keys.list(entry.scopes);
+        let owner = self.keys.name(entry.owner);
+        let mut principal = match entry.kind {
             OwnerKind::User => {
-                let mut user = (*self.user(&entry.owner_name)?).clone();
+                let mut user = (*self.user(owner)?).clone();
                 // A key carries what it grants and its owner still holds: its scopes
                 // always, roles and team roles only those the APIKey asked for.
-                user.scopes.retain(|s| entry.scopes.contains(s));
-                user.roles.retain(|r| entry.roles.contains(r));
-                user.teams.retain(|(team, _)| entry.teams.contains(team));
+                let (roles, teams) = (self.keys.list(entry.roles), self.keys.list(entry.teams));
+                user.scopes.retain(|s| scopes.contains(s));
+                user.roles.retain(|r| roles.contains(r));
+                user.teams.retain(|(team, _)| teams.contains(team));
                 user
             }
             OwnerKind::Source => Principal {
-                scopes: entry.scopes.clone(),
-                ..(*self.source(&entry.namespace, &entry.owner_name)?).clone()
+                scopes: scopes.to_vec(),
+                ..(*self.source(self.keys.name(entry.namespace), owner)?).clone()
             },
         };
-        principal.key_prefix = Some(entry.prefix.clone());
+        // The prefix is the key's first characters (all ASCII: checked above).
+        principal.key_prefix = Some(presented[..usize::from(entry.prefix_len).min(presented.len())].to_string());
         Ok(Arc::new(principal))
     }
 
     /// The user called `name`, with the roles, scopes and teams the snapshot gives them.
     pub fn user(&self, name: &str) -> Result<Arc<Principal>, Refusal> {
-        let user = self.users.get(name).ok_or(Refusal::OwnerUnknown)?;
+        let index = self
+            .users
+            .binary_search_by(|u| (*u.name).cmp(name))
+            .map_err(|_| Refusal::OwnerUnknown)?;
+        self.user_at(index)
+    }
+
+    fn user_at(&self, index: usize) -> Result<Arc<Principal>, Refusal> {
+        let user = self.users.get(index).ok_or(Refusal::OwnerUnknown)?;
         if user.disabled {
             return Err(Refusal::OwnerDisabled);
         }
-        Ok(user.principal.clone())
+        Ok(user
+            .principal
+            .get_or_init(|| {
+                let roles = self.role_sets.get(user.roles as usize);
+                Arc::new(Principal {
+                    roles: roles.map_or_else(Vec::new, |r| r.roles.to_vec()),
+                    scopes: roles.map_or_else(Vec::new, |r| r.scopes.to_vec()),
+                    teams: self
+                        .team_sets
+                        .get(user.teams as usize)
+                        .map_or_else(Vec::new, |t| t.to_vec()),
+                    ..Principal::named(
+                        format!("user:{}", user.name),
+                        user.name.to_string(),
+                        Some(user.email.to_string()),
+                    )
+                })
+            })
+            .clone())
     }
 
+    fn user_by_email(&self, email: &str) -> Result<Arc<Principal>, Refusal> {
+        let email = email.to_ascii_lowercase();
+        let at = self
+            .emails
+            .binary_search_by(|(e, _)| (**e).cmp(email.as_str()))
+            .map_err(|_| Refusal::OwnerUnknown)?;
+        let index = self.emails.get(at).map_or(usize::MAX, |(_, i)| *i as usize);
+        self.user_at(index)
+    }
     /// The source `namespace/name`. Sources hold no roles; their scopes come with their keys.
     pub fn source(&self, namespace: &str, name: &str) -> Result<Arc<Principal>, Refusal> {
         match self.sources.get(&(namespace.to_string(), name.to_string())) {
@@ -306,11 +564,7 @@ impl Directory {
     pub fn certificate(&self, cert: &CertIdentity, namespace: &str) -> Result<Arc<Principal>, Refusal> {
         let mut candidates: Vec<Result<Arc<Principal>, Refusal>> = Vec::new();
         for email in &cert.emails {
-            let user = self
-                .emails
-                .get(&email.to_ascii_lowercase())
-                .ok_or(Refusal::OwnerUnknown);
-            candidates.push(user.and_then(|name| self.user(name)));
+            candidates.push(self.user_by_email(email));
         }
         for uri in &cert.uris {
             if let Some(name) = uri.strip_prefix("portcullis:user:") {
@@ -607,6 +861,28 @@ mod tests {
             d.certificate(&cert(&[], &[], &[], Some("muted")), "shop"),
             Err(Refusal::OwnerDisabled)
         );
+    }
+
+    #[test]
+    fn a_key_is_compact_and_its_prefix_the_keys_own() {
+        // What a hundred thousand keys cost: 5.6 MB, where their wire form was about 40.
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 56);
+        let bob = directory().api_key("pck_bob", NOW).unwrap();
+        assert_eq!(bob.key_prefix.as_deref(), Some("pck_bob"));
+        assert_eq!(compact_time(None), 0);
+        assert_eq!(compact_time(Some(-5)), 1);
+        assert_eq!(compact_time(Some(i64::MAX)), u32::MAX);
+        assert!(reached(1, NOW) && !reached(0, NOW) && !reached(u32::MAX, NOW));
+    }
+
+    #[test]
+    fn users_with_the_same_roles_share_them_and_names_are_found_by_search() {
+        let d = directory();
+        assert_eq!(d.users.len(), 2);
+        assert_eq!(d.role_sets.len(), 2, "viewer, and none");
+        assert_eq!(d.user("eve"), Err(Refusal::OwnerDisabled));
+        assert_eq!(d.user("nobody"), Err(Refusal::OwnerUnknown));
+        assert_eq!(d.user_by_email("BOB@example.com").unwrap().subject, "user:bob");
     }
 
     #[test]

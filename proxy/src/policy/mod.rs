@@ -20,4 +20,5 @@ pub mod identity;
 pub mod jwt;
 pub mod path;
 pub mod ratelimit;
+pub mod received;
 pub mod snapshot;

@@ -9,8 +9,9 @@ use arc_swap::ArcSwapOption;
 use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PathMatching, PolicyRule, Snapshot};
 
 use super::authz::Matcher;
-use super::identity::Directory;
+use super::identity::{Directory, Keys};
 use super::jwt::Verifier;
+use super::received::Received;
 
 /// The pod the sidecar guards: which AccessPolicies apply to it.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,24 @@ impl Compiled {
     /// Returns problems that did not prevent compiling (unusable JWT keys) beside it.
     pub fn build(
         snapshot: &Snapshot,
+        pod: &Pod,
+        previous: Option<&Compiled>,
+        jwt_cache: usize,
+    ) -> Result<(Compiled, Vec<String>), SnapshotError> {
+        Compiled::build_with_keys(
+            snapshot,
+            Keys::from_entries(&snapshot.api_keys),
+            pod,
+            previous,
+            jwt_cache,
+        )
+    }
+
+    /// [`Compiled::build`] with the API keys already in their compact form (a snapshot
+    /// parsed as it streamed in: `snapshot.api_keys` is not looked at).
+    pub fn build_with_keys(
+        snapshot: &Snapshot,
+        keys: Keys,
         pod: &Pod,
         previous: Option<&Compiled>,
         jwt_cache: usize,
@@ -118,7 +137,7 @@ impl Compiled {
         let compiled = Compiled {
             revision: snapshot.revision,
             epoch: snapshot.epoch.clone(),
-            directory: Directory::new(snapshot),
+            directory: Directory::with_keys(snapshot, keys),
             matcher,
             cors,
             deprecated,
@@ -177,6 +196,19 @@ impl Current {
     /// the sidecar verified can send one). One that does not compile leaves the last good
     /// one in force.
     pub fn install(&self, snapshot: &Snapshot, pod: &Pod, jwt_cache: usize) -> Result<Vec<String>, SnapshotError> {
+        self.install_received(Received::from_snapshot(snapshot.clone()), pod, jwt_cache)
+    }
+
+    /// [`Current::install`] of a snapshot as received (its keys compact already). The
+    /// parts of it that compiling copies (users, policies) are dropped as soon as the
+    /// compiled form stands, before it is swapped in.
+    pub fn install_received(
+        &self,
+        received: Received,
+        pod: &Pod,
+        jwt_cache: usize,
+    ) -> Result<Vec<String>, SnapshotError> {
+        let Received { snapshot, keys } = received;
         let previous = self.load();
         if let Some(prev) = &previous
             && prev.epoch == snapshot.epoch
@@ -190,7 +222,9 @@ impl Current {
                 current: prev.revision,
             });
         }
-        let (compiled, problems) = Compiled::build(snapshot, pod, previous.as_deref(), jwt_cache)?;
+        let (compiled, problems) = Compiled::build_with_keys(&snapshot, keys, pod, previous.as_deref(), jwt_cache)?;
+        drop(snapshot);
+        drop(previous);
         self.compiled.store(Some(Arc::new(compiled)));
         self.confirm();
         Ok(problems)
