@@ -39,6 +39,9 @@ struct Common {
     /// Periodic re-reconcile that repairs drifted rows, in seconds.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// The token service's settings (every replica serves it).
+    #[command(flatten)]
+    tokens: portcullis_operator::tokens::TokenArgs,
 }
 
 impl Common {
@@ -164,6 +167,8 @@ enum Fatal {
     Leader(#[from] leader::TimingsError),
     #[error(transparent)]
     Api(#[from] api::Error),
+    #[error(transparent)]
+    Tokens(#[from] portcullis_operator::tokens::Error),
     #[error("{0}")]
     Other(String),
     #[error("some manifests were refused")]
@@ -316,6 +321,16 @@ async fn run(
     let metrics = Arc::new(Metrics::new());
     let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics.clone());
     let synced = Arc::new(Synced::default());
+    // Every replica: its signing keys (made on first start, the key-encryption key in a
+    // Secret) and their rotation; the API server mounts `tokens::router(token_service)`.
+    let token_service = portcullis_operator::tokens::TokenService::start_in_cluster(
+        store.clone(),
+        &common.tokens,
+        client.clone(),
+        &common.namespace,
+    )
+    .await?;
+    tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
 
     // Every replica serves the admin port and the webhook, and is Ready when they serve
     // and the database answers, leader or not; only the leader reconciles.
@@ -450,6 +465,11 @@ async fn run_local(
         tracing::info!(%addr, "admin port: /metrics /healthz /readyz");
     }
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
+    // Signing keys (key-encryption key in `<state>/signing-kek`, mode 0600) and their
+    // rotation; the local API server mounts `tokens::router(token_service)`.
+    let token_service =
+        portcullis_operator::tokens::TokenService::start_local(store.clone(), &common.tokens, &state_dir).await?;
+    tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
         println!(
