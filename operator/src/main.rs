@@ -96,7 +96,10 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing would only obscure clap's derive")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only obscure clap's derive"
+)]
 enum Command {
     /// Run the controllers against the cluster (in-cluster config or KUBECONFIG).
     Run {
@@ -459,7 +462,7 @@ async fn run_local(
         ));
         let state = AdminState {
             metrics: metrics.clone(),
-            ready: portcullis_operator::health::readiness(store.clone(), metrics.clone(), None),
+            ready: portcullis_operator::health::readiness(store.clone(), metrics.clone(), Vec::new()),
         };
         tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
         tracing::info!(%addr, "admin port: /metrics /healthz /readyz");

@@ -59,7 +59,7 @@ fn load_crds() -> Vec<(String, Value)> {
     paths.sort();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
-        let crd: Value = serde_yaml::from_str(&text).unwrap();
+        let crd: Value = yaml_serde::from_str(&text).unwrap();
         out.push((path.file_name().unwrap().to_string_lossy().into_owned(), crd));
     }
     assert!(!out.is_empty(), "no CRDs in {}", crd_dir().display());

@@ -220,6 +220,17 @@ impl ControlPlane {
         database_url: Option<&str>,
         api: SocketAddr,
     ) -> Result<ControlPlane> {
+        ControlPlane::start_logging(manifests, state, database_url, api, "info").await
+    }
+
+    /// [`ControlPlane::start`] with its log filter (`RUST_LOG`), e.g. `debug`.
+    pub async fn start_logging(
+        manifests: &Path,
+        state: &Path,
+        database_url: Option<&str>,
+        api: SocketAddr,
+        log_filter: &str,
+    ) -> Result<ControlPlane> {
         let binary = binary("portcullis-operator")?;
         std::fs::create_dir_all(state).map_err(|e| fail(e.to_string()))?;
         let args = vec![
@@ -236,7 +247,7 @@ impl ControlPlane {
             .unwrap_or_else(|| format!("sqlite://{}/portcullis.db", state.display()));
         let envs = vec![
             ("DATABASE_URL".to_string(), database_url.clone()),
-            ("RUST_LOG".to_string(), "info".to_string()),
+            ("RUST_LOG".to_string(), log_filter.to_string()),
         ];
         let log = state.join(format!("operator-{}.log", api.port()));
         let process = Process::spawn(&binary, &args, &envs, log)?;
@@ -321,6 +332,17 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `portcullis-proxy` for pods `app=sample-api` of `namespace`, in front of `upstream`.
     pub async fn start(plane: &ControlPlane, namespace: &str, upstream: SocketAddr, dir: &Path) -> Result<Sidecar> {
+        Sidecar::start_logging(plane, namespace, upstream, dir, "info").await
+    }
+
+    /// [`Sidecar::start`] with its log filter (`--log`), e.g. `debug`.
+    pub async fn start_logging(
+        plane: &ControlPlane,
+        namespace: &str,
+        upstream: SocketAddr,
+        dir: &Path,
+        log_filter: &str,
+    ) -> Result<Sidecar> {
         let binary = binary("portcullis-proxy")?;
         let listen = free_port()?;
         let admin = free_port()?;
@@ -339,9 +361,11 @@ impl Sidecar {
             namespace.into(),
             "--pod-label".into(),
             "app=sample-api".into(),
+            "--log".into(),
+            log_filter.into(),
         ];
         let log = dir.join(format!("proxy-{}.log", listen.port()));
-        let process = Process::spawn(&binary, &args, &[("RUST_LOG".into(), "info".into())], log)?;
+        let process = Process::spawn(&binary, &args, &[], log)?;
         let sidecar = Sidecar { process, listen, admin };
         let ready = until(Duration::from_secs(30), || async move {
             http(admin, "GET", "/readyz", &[], "")

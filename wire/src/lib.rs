@@ -15,8 +15,7 @@ pub mod snapshot;
 
 pub use policy::{
     ApiVersion, ApiVersions, AuditSettings, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PathMatching,
-    PolicyRule,
-    RateLimit, SelectorOperator, TeamRole,
+    PolicyRule, RateLimit, SelectorOperator, TeamRole,
 };
 pub use process::unix_now;
 pub use snapshot::{

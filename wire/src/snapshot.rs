@@ -2,9 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{
-    ApiVersions, AuditSettings, Cors, LabelSelector, PathMatching, PolicyRule, RateLimit, TeamRole,
-};
+use crate::policy::{ApiVersions, AuditSettings, Cors, LabelSelector, PathMatching, PolicyRule, RateLimit, TeamRole};
 
 /// A consistent view of the control plane's database at `revision`.
 ///

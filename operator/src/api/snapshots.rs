@@ -106,7 +106,8 @@ pub fn namespace_view(full: &Snapshot, namespace: &str) -> Snapshot {
         api_keys: full
             .api_keys
             .iter()
-            .filter(|k| k.namespace == namespace)
+            // A key goes where it is honoured: its own namespace and those its owner allowed.
+            .filter(|k| k.honoured_by(namespace))
             .cloned()
             .collect(),
         sources: full
@@ -321,6 +322,9 @@ mod tests {
             owner_kind: OwnerKind::User,
             owner_name: "bob".into(),
             scopes: vec!["read".into()],
+            roles: Vec::new(),
+            teams: Vec::new(),
+            honoured_in: Vec::new(),
             expires_at: None,
             revoked_at: None,
         }
@@ -354,6 +358,15 @@ mod tests {
         let view = namespace_view(&full(), "billing");
         assert_eq!(view.api_keys.len(), 1);
         assert_eq!(view.sources.len(), 1);
+        // A key its owner let "web" honour goes to web's sidecars too, and nowhere else.
+        let mut snapshot = full();
+        snapshot.api_keys[0].honoured_in = vec!["web".into()];
+        let view = namespace_view(&snapshot, "web");
+        assert_eq!(
+            view.api_keys.iter().map(|k| k.key_hash.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(namespace_view(&snapshot, "billing").api_keys.len(), 1);
     }
 
     #[tokio::test]

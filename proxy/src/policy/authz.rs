@@ -59,6 +59,10 @@ pub struct BadGlob {
     pub glob: String,
 }
 
+/// The rule that decides a request: its index in the list compiled, the rule, and the
+/// team its path captured.
+pub type Routed<'m, 'p> = Option<(usize, &'m PolicyRule, Option<&'p str>)>;
+
 impl Matcher {
     /// Rules for an app that routes paths exactly as given.
     pub fn compile(rules: &[PolicyRule]) -> Result<Matcher, BadGlob> {
@@ -117,11 +121,7 @@ impl Matcher {
 
     /// [`Matcher::find`], with the rule's index in the list compiled (what per-rule
     /// settings beside the matcher are looked up by).
-    pub fn find_indexed<'m, 'p>(
-        &'m self,
-        method: HttpMethod,
-        path: &'p NormalizedPath,
-    ) -> Option<(usize, &'m PolicyRule, Option<&'p str>)> {
+    pub fn find_indexed<'m, 'p>(&'m self, method: HttpMethod, path: &'p NormalizedPath) -> Routed<'m, 'p> {
         self.resolve(self.lookup(&self.root, method, &path.segments), path)
     }
 
@@ -131,11 +131,7 @@ impl Matcher {
     /// is still one the app might do: when a path would meet a different rule under it,
     /// the path is refused rather than guessed. Only a path with an upper-case letter or a
     /// trailing slash (or a policy with upper-case literals) costs more than one lookup.
-    pub fn route<'m, 'p>(
-        &'m self,
-        method: HttpMethod,
-        path: &'p NormalizedPath,
-    ) -> Result<Option<(usize, &'m PolicyRule, Option<&'p str>)>, PathError> {
+    pub fn route<'m, 'p>(&'m self, method: HttpMethod, path: &'p NormalizedPath) -> Result<Routed<'m, 'p>, PathError> {
         let segments = &path.segments;
         let trailing = segments.len() > 1 && segments.last().is_some_and(String::is_empty);
         let upper = segments.iter().any(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
@@ -180,11 +176,7 @@ impl Matcher {
         best
     }
 
-    fn resolve<'m, 'p>(
-        &'m self,
-        found: Found,
-        path: &'p NormalizedPath,
-    ) -> Option<(usize, &'m PolicyRule, Option<&'p str>)> {
+    fn resolve<'m, 'p>(&'m self, found: Found, path: &'p NormalizedPath) -> Routed<'m, 'p> {
         let ((r, _), team) = found?;
         let team = team.and_then(|i| path.segments.get(i)).map(String::as_str);
         self.rules.get(r).map(|rule| (r, rule, team))

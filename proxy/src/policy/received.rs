@@ -248,6 +248,9 @@ mod tests {
             owner_kind: OwnerKind::User,
             owner_name: owner.into(),
             scopes: vec!["read".into()],
+            roles: vec!["viewer".into()],
+            teams: Vec::new(),
+            honoured_in: vec!["web".into()],
             expires_at: Some(5),
             revoked_at: None,
         }

@@ -24,7 +24,7 @@ use crate::BoxError;
 use crate::control_plane::{Connector, Endpoint};
 use crate::policy::answer::{self, Answer};
 use crate::policy::gate::{Conn, Gate, Trace};
-use crate::policy::headers::{X_CORRELATION_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO, is_reserved};
+use crate::policy::headers::{ClientHeaders, X_CORRELATION_ID, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::policy::path;
 
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -145,7 +145,11 @@ impl AuthRoute {
             _ => conn.peer_ip.clone(),
         };
         let headers = request.headers_mut();
-        hop::strip(headers, |name| is_reserved(name) || *name == X_FORWARDED_HOST);
+        // As strict as for an untrusted client of the app: the sidecar sets the forwarding
+        // headers itself, and the token service needs no API key.
+        hop::strip(headers, |name| {
+            ClientHeaders::default().drops(name) || *name == X_FORWARDED_HOST
+        });
         headers.insert(X_FORWARDED_FOR, xff);
         headers.insert(
             X_FORWARDED_PROTO,

@@ -37,7 +37,7 @@ use self::reply::Reply;
 use self::upstream::Upstream;
 use crate::policy::answer;
 use crate::policy::gate::{Admission, Conn, Gate, Trace, UpstreamFailure, Verdict};
-use crate::policy::headers::{X_FORWARDED_FOR, is_reserved};
+use crate::policy::headers::X_FORWARDED_FOR;
 use crate::report::{self, Reporter};
 
 /// The gate and the app behind it: what every connection serves requests with.
