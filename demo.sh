@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 CHECK=0; [[ ${1:-} == --check ]] && CHECK=1
 STATE=${STATE:-.portcullis}
-PROXY=${PROXY:-127.0.0.1:8080} ADMIN=${ADMIN:-127.0.0.1:9901} APP=${APP:-127.0.0.1:3000}
+PROXY=${PROXY:-127.0.0.1:8080} ADMIN=${ADMIN:-127.0.0.1:9901} APP=${APP:-127.0.0.1:3000} API=${API:-127.0.0.1:7070}
 mkdir -p "$STATE"
 
 echo "== building (first time: a few minutes)"
@@ -20,18 +20,20 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== control plane: applying examples/ to $STATE/portcullis.db (log: $STATE/operator.log)"
+echo "== control plane: applying examples/ to $STATE/portcullis.db, API on http://$API (log: $STATE/operator.log)"
 rm -f "$STATE/snapshot.json"
-target/debug/portcullis-operator local --manifests examples --state-dir "$STATE" >"$STATE/operator.log" 2>&1 &
+target/debug/portcullis-operator local --manifests examples --state-dir "$STATE" --api-addr "$API" >"$STATE/operator.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 300); do [[ -s $STATE/snapshot.json ]] && break; sleep 0.1; done
-[[ -s $STATE/snapshot.json ]] || { cat "$STATE/operator.log"; echo "error: no snapshot from the control plane" >&2; exit 1; }
+# The first pass is done when the snapshot file and the namespace's API token exist.
+for _ in $(seq 1 300); do [[ -s $STATE/snapshot.json && -s $STATE/tokens/shop ]] && break; sleep 0.1; done
+[[ -s $STATE/tokens/shop ]] || { cat "$STATE/operator.log"; echo "error: the control plane did not start" >&2; exit 1; }
 
-echo "== sample app on $APP, sidecar on $PROXY (admin $ADMIN)"
+echo "== sample app on $APP, sidecar on $PROXY (admin $ADMIN), long-polling the control plane with $STATE/tokens/shop"
 target/debug/examples/sample_app "$APP" >"$STATE/app.log" 2>&1 &
 pids+=($!)
 target/debug/portcullis-proxy --listen "$PROXY" --admin-listen "$ADMIN" --upstream "http://$APP" \
-  --snapshot-file "$STATE/snapshot.json" --namespace shop --pod-label app=sample-api >"$STATE/proxy.log" 2>&1 &
+  --control-plane "http://$API" --control-plane-token-file "$STATE/tokens/shop" \
+  --namespace shop --pod-label app=sample-api >"$STATE/proxy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$STATE/proxy.log"; echo "error: sidecar not ready" >&2; exit 1; }

@@ -27,7 +27,7 @@ roles = ["viewer", "maintainer", "admin"]
 with open(f"{out}/users.yaml", "w") as f:
     for i in range(users):
         f.write(f"---\napiVersion: portcullis.io/v1alpha1\nkind: User\nmetadata:\n  name: user-{i}\n"
-                f"spec:\n  email: user-{i}@bench.example.com\n  roles: [{roles[i % 3]}]\n")
+                f"spec:\n  email: user-{i}@bench.example.com\n  roles: [{roles[i % 3]}]\n  apiKeyNamespaces: [bench]\n")
 with open(f"{out}/teams.yaml", "w") as f:
     for t in range(teams):
         members = "".join(f"\n    - user: user-{(t * 10 + m) % users}\n      role: {['owner','admin','member','viewer'][m % 4]}" for m in range(10))

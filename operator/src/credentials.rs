@@ -28,11 +28,16 @@ impl std::fmt::Debug for GeneratedKey {
     }
 }
 
-/// `pck_` + 32 random bytes in base62 (43 characters, ~256 bits).
+/// Random characters of an API key after its prefix: 43 base62 characters carry
+/// 43 × log2(62) ≈ 256.03 bits.
+pub const API_KEY_CHARS: usize = 43;
+
+/// Characters of a generated password: 24 base62 characters, ~142.9 bits.
+pub const PASSWORD_CHARS: usize = 24;
+
+/// `pck_` + exactly [`API_KEY_CHARS`] random base62 characters (256 bits).
 pub fn generate_api_key() -> GeneratedKey {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let key = format!("{API_KEY_PREFIX}{}", base62(&bytes));
+    let key = format!("{API_KEY_PREFIX}{}", random_base62(API_KEY_CHARS));
     GeneratedKey {
         hash: hash_api_key(&key),
         prefix: display_prefix(&key),
@@ -55,11 +60,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     portcullis_wire::api_key::to_hex(&Sha256::digest(bytes))
 }
 
-/// A random password for the bootstrap admin: 24 base62 characters (~143 bits).
+/// A random password for the bootstrap admin: exactly [`PASSWORD_CHARS`] base62
+/// characters (~143 bits).
 pub fn random_password() -> String {
-    let mut bytes = [0u8; 18];
-    rand::rng().fill_bytes(&mut bytes);
-    base62(&bytes).chars().take(24).collect()
+    random_base62(PASSWORD_CHARS)
 }
 
 /// argon2id with OWASP's recommended parameters (19 MiB, 2 iterations, 1 lane).
@@ -112,21 +116,27 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-/// Base62 of a byte string (big-endian number), no padding.
-fn base62(bytes: &[u8]) -> String {
-    let mut digits: Vec<u8> = bytes.to_vec();
-    let mut out = Vec::new();
-    while digits.iter().any(|&d| d != 0) {
-        let mut remainder = 0u32;
-        for d in digits.iter_mut() {
-            let acc = (remainder << 8) | u32::from(*d);
-            *d = (acc / 62) as u8;
-            remainder = acc % 62;
+/// `len` characters drawn uniformly and independently from the 62 of [`BASE62`].
+///
+/// Each character comes from one random byte, rejected when it is 248 or more (248 =
+/// 4 × 62) so that every character is equally likely. Encoding a random number in base62
+/// instead would make the length vary: a number with leading zero digits comes out short
+/// (about one 32-byte key in 60 had fewer than 43 characters).
+fn random_base62(len: usize) -> String {
+    const LIMIT: u8 = 248;
+    let mut rng = rand::rng();
+    let mut out = String::with_capacity(len);
+    let mut pool = [0u8; 64];
+    while out.len() < len {
+        rng.fill_bytes(&mut pool);
+        for &byte in pool.iter().filter(|&&b| b < LIMIT) {
+            if out.len() == len {
+                break;
+            }
+            out.push(char::from(BASE62[usize::from(byte % 62)]));
         }
-        out.push(BASE62[remainder as usize]);
     }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
+    out
 }
 
 #[cfg(test)]
@@ -148,10 +158,21 @@ mod tests {
     }
 
     #[test]
-    fn base62_is_a_faithful_encoding() {
-        assert_eq!(base62(&[0, 61]), "z");
-        assert_eq!(base62(&[0, 62]), "10");
-        assert_eq!(base62(&[1, 0]), "48"); // 256 = 4*62 + 8
+    fn generated_secrets_have_exactly_the_promised_length_and_alphabet() {
+        // 20,000 samples: a key short by a leading zero digit (about 1 in 60 before) or a
+        // password of 23 characters (about 1 in 128) would show up many times over.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20_000 {
+            let key = generate_api_key().key;
+            assert_eq!(key.len(), API_KEY_PREFIX.len() + 43, "{key}");
+            let body = &key[API_KEY_PREFIX.len()..];
+            assert!(body.bytes().all(|b| BASE62.contains(&b)), "{key}");
+            seen.extend(body.bytes());
+            let password = random_password();
+            assert_eq!(password.len(), 24, "{password}");
+            assert!(password.bytes().all(|b| BASE62.contains(&b)), "{password}");
+        }
+        assert_eq!(seen.len(), 62, "every base62 character occurs");
         assert_eq!(
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -29,10 +29,10 @@ pub struct LeaderArgs {
 
 impl LeaderArgs {
     /// The election's settings, or why the timings cannot work.
-    pub fn config(&self, lease_name: &str, namespace: &str, identity: &str) -> Result<LeaderConfig, LeaderError> {
+    pub fn config(&self, lease_name: &str, namespace: &str, identity: &str) -> Result<LeaderConfig, TimingsError> {
         let (duration, renew) = (self.leader_election_lease_duration, self.leader_election_renew_deadline);
         if duration < 2 || renew == 0 || renew >= duration {
-            return Err(LeaderError::Timings { duration, renew });
+            return Err(TimingsError { duration, renew });
         }
         Ok(LeaderConfig {
             lease_name: lease_name.to_string(),
@@ -55,12 +55,18 @@ pub struct LeaderConfig {
     pub grace_secs: u64,
 }
 
+/// Lease timings that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "LEADER_ELECTION_LEASE_DURATION={duration} and LEADER_ELECTION_RENEW_DEADLINE={renew}: the renew deadline must be at least 1 and below the lease duration"
+)]
+pub struct TimingsError {
+    pub duration: u64,
+    pub renew: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error(
-        "LEADER_ELECTION_LEASE_DURATION={duration} and LEADER_ELECTION_RENEW_DEADLINE={renew}: the renew deadline must be at least 1 and below the lease duration"
-    )]
-    Timings { duration: u64, renew: u64 },
     #[error("cannot set up the lease {lease}: {source}")]
     Lease {
         lease: String,

@@ -6,18 +6,22 @@
 //! - [`bootstrap`]: built-in roles and the first administrator.
 //! - [`credentials`]: API keys, password hashes, digests.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the health/metrics HTTP port.
+//! - [`issuers`]: external issuers' keys, fetched and kept fresh.
 //! - [`health`]: whether the database answers (readiness, `database_up`).
 //! - [`leader`]: leader election, so that one replica reconciles.
 //! - [`local`]: local mode, the control plane without a cluster.
+//! - [`api`]: the control-plane API every replica serves to sidecars (snapshots, audit).
 //! - [`tokens`]: the token service (login, refresh, logout, sessions, passwords, JWKS).
 //! - [`webhook`]: the sidecar injection webhook and its TLS.
 
 pub mod admin;
+pub mod api;
 pub mod bootstrap;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod health;
+pub mod issuers;
 pub mod leader;
 pub mod local;
 pub mod metrics;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use portcullis_operator::admin::{self, AdminState};
+use portcullis_operator::api::{self, ApiState, audit::KidReports, auth::Authenticator, snapshots};
 use portcullis_operator::controller::manager::{self, Namespaces, Synced};
 use portcullis_operator::controller::{Config, Context};
 use portcullis_operator::leader::{self, LeaderArgs};
@@ -54,10 +55,50 @@ impl Common {
     }
 }
 
+/// The control-plane API's settings, shared by both modes.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// Address of the control-plane API (snapshots, audit, token service). Default:
+    /// 0.0.0.0:8443 in a cluster, 127.0.0.1:7070 in local mode. Plain HTTP is served
+    /// only on a loopback address; elsewhere give --api-tls-cert and --api-tls-key.
+    #[arg(long, env = "API_ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// PEM certificate chain of the API port (re-read when the file changes).
+    #[arg(long, env = "API_TLS_CERT", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// PEM private key of the API port (re-read when the file changes).
+    #[arg(long, env = "API_TLS_KEY", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// How long sidecars' audit records are kept: `30d`, `12h`, `90m` or `3600s`.
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "30d", value_parser = parse_age)]
+    audit_retention: Duration,
+}
+
+/// `30d`, `12h`, `90m`, `3600s` (or bare seconds).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 30d, 12h, 90m, 3600s"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h or d")),
+    };
+    if number == 0 {
+        return Err("a retention of zero would delete every record".into());
+    }
+    Ok(Duration::from_secs(number.saturating_mul(unit)))
+}
+
 #[derive(Subcommand)]
 #[allow(
     clippy::large_enum_variant,
-    reason = "parsed once at start; boxing would only obscure the flags"
+    reason = "parsed once at start; boxing would only obscure clap's derive"
 )]
 enum Command {
     /// Run the controllers against the cluster (in-cluster config or KUBECONFIG).
@@ -77,6 +118,8 @@ enum Command {
         leader: LeaderArgs,
         #[command(flatten)]
         webhook: WebhookArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Apply a directory of manifests to a database without a cluster, report each
     /// object's status, and keep watching the directory (unless --once).
@@ -92,9 +135,18 @@ enum Command {
         /// Apply once, print the report and exit (non-zero if a manifest was refused).
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Wait for the database, apply pending migrations and print the current revision.
     Migrate,
+    /// Give the database a new epoch (after restoring it from a backup): every sidecar
+    /// then installs the next snapshot whatever revision it holds.
+    NewEpoch {
+        /// Local mode's state directory, for its SQLite database when DATABASE_URL is not set.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 /// Errors that end the process, each as one line.
@@ -111,7 +163,9 @@ enum Fatal {
     #[error("webhook: {0}")]
     Webhook(#[from] webhook::WebhookError),
     #[error("leader election: {0}")]
-    Leader(#[from] leader::LeaderError),
+    Leader(#[from] leader::TimingsError),
+    #[error(transparent)]
+    Api(#[from] api::Error),
     #[error(transparent)]
     Tokens(#[from] portcullis_operator::tokens::Error),
     #[error("{0}")]
@@ -133,6 +187,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate => migrate().await,
+            Command::NewEpoch { state_dir } => new_epoch(state_dir).await,
             Command::Run {
                 common,
                 watch_namespaces,
@@ -140,13 +195,15 @@ fn main() -> ExitCode {
                 lease_name,
                 leader,
                 webhook,
-            } => run(common, watch_namespaces, admin_addr, lease_name, leader, webhook).await,
+                api,
+            } => run(common, watch_namespaces, admin_addr, lease_name, leader, webhook, api).await,
             Command::Local {
                 common,
                 manifests,
                 state_dir,
                 once,
-            } => run_local(common, manifests, state_dir, once).await,
+                api,
+            } => run_local(common, manifests, state_dir, once, api).await,
         }
     });
     match result {
@@ -157,7 +214,7 @@ fn main() -> ExitCode {
             match err {
                 Fatal::Config(_)
                 | Fatal::Store(portcullis_operator::store::StoreError::Config(_))
-                | Fatal::Leader(leader::LeaderError::Timings { .. }) => ExitCode::from(2),
+                | Fatal::Leader(_) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -176,6 +233,73 @@ async fn migrate() -> Result<(), Fatal> {
     Ok(())
 }
 
+async fn new_epoch(state_dir: Option<PathBuf>) -> Result<(), Fatal> {
+    let config = match (DbConfig::from_env(), state_dir) {
+        (Err(portcullis_operator::store::ConfigError::Missing), Some(dir)) => {
+            local_database(&dir).map_err(Fatal::Other)?
+        }
+        (config, _) => config?,
+    };
+    let store = Store::open(&config).await?;
+    let epoch = store.new_epoch().await?;
+    println!("database {} has the new epoch {epoch}", config.redacted_url());
+    store.close().await;
+    Ok(())
+}
+
+/// Local mode's database: a SQLite file in the state directory.
+fn local_database(state_dir: &std::path::Path) -> Result<DbConfig, String> {
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    DbConfig::from_url(&format!("sqlite://{}/portcullis.db", state_dir.display())).map_err(|e| e.to_string())
+}
+
+/// Starts the control-plane API in the background: the snapshot publisher, the audit
+/// retention, the server itself. Independent of leadership: every replica serves.
+async fn start_api(
+    args: &ApiArgs,
+    default_addr: &str,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    auth: Authenticator,
+    token_service: portcullis_operator::tokens::TokenService,
+) -> Result<(), Fatal> {
+    let addr = match args.api_addr {
+        Some(addr) => addr,
+        None => default_addr
+            .parse()
+            .map_err(|e| Fatal::Other(format!("default API address {default_addr}: {e}")))?,
+    };
+    let tls = match (&args.api_tls_cert, &args.api_tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = api::tls::TlsFiles::load(cert, key)?;
+            tokio::spawn(files.clone().watch());
+            Some(files)
+        }
+        (None, None) => None,
+        _ => return Err(api::Error::HalfTls.into()),
+    };
+    let listener = api::bind(addr, tls.as_deref()).await?;
+    let (publisher, feed) = snapshots::channel();
+    tokio::spawn(publisher.run(store.clone(), metrics.clone()));
+    tokio::spawn(api::audit::retain(store.clone(), args.audit_retention));
+    // Issuers' keys: refreshed when stale and when a sidecar reports an unknown kid.
+    let (kid_reports, kid_rx) = KidReports::new(metrics.clone());
+    let fetcher = Arc::new(portcullis_operator::issuers::Fetcher::from_env());
+    tokio::spawn(portcullis_operator::issuers::refresher(store.clone(), fetcher, kid_rx));
+    let state = Arc::new(ApiState {
+        feed,
+        auth,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        kid_reports,
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let router = api::router(state).merge(portcullis_operator::tokens::router(token_service));
+    tokio::spawn(api::serve(listener, tls, router, shutdown_signal()));
+    tracing::info!(%addr, scheme, "control-plane API: /api/v1/snapshots/{{namespace}} /api/v1/audit /api/v1/auth/");
+    Ok(())
+}
+
 async fn run(
     common: Common,
     watch_namespaces: Vec<String>,
@@ -183,6 +307,7 @@ async fn run(
     lease_name: String,
     leader_args: LeaderArgs,
     webhook_args: WebhookArgs,
+    api_args: ApiArgs,
 ) -> Result<(), Fatal> {
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("portcullis-{}", std::process::id()));
     // Flags first: a bad timing or sidecar default stops the start before any connection.
@@ -197,7 +322,7 @@ async fn run(
     let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics.clone());
     let synced = Arc::new(Synced::default());
     // Every replica: its signing keys (made on first start, the key-encryption key in a
-    // Secret) and their rotation; the API server mounts `tokens::router(token_service)`.
+    // Secret) and their rotation; the API server below serves the token service.
     let token_service = portcullis_operator::tokens::TokenService::start_in_cluster(
         store.clone(),
         &common.tokens,
@@ -237,6 +362,16 @@ async fn run(
     };
     tokio::spawn(admin::serve(listener, state, shutdown_signal().map(|_| ())));
     tracing::info!(%admin_addr, "admin port: /metrics /healthz /readyz");
+    let reviewer = api::auth::TokenReviewer::new(client.clone());
+    start_api(
+        &api_args,
+        "0.0.0.0:8443",
+        &store,
+        &metrics,
+        Authenticator::TokenReview(reviewer),
+        token_service,
+    )
+    .await?;
 
     let mut handle = if leader_args.leader_election {
         let mut handle = leader::elect(client.clone(), leader_config, metrics.clone())
@@ -276,30 +411,50 @@ async fn run(
     Ok(())
 }
 
-async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool) -> Result<(), Fatal> {
+async fn run_local(
+    common: Common,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    once: bool,
+    api_args: ApiArgs,
+) -> Result<(), Fatal> {
     // Local mode's database defaults to a SQLite file next to its state.
     let db = match DbConfig::from_env() {
         Ok(db) => db,
-        Err(portcullis_operator::store::ConfigError::Missing) => {
-            std::fs::create_dir_all(&state_dir).map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
-            DbConfig::from_url(&format!("sqlite://{}/portcullis.db", state_dir.display()))?
-        }
+        Err(portcullis_operator::store::ConfigError::Missing) => local_database(&state_dir).map_err(Fatal::Other)?,
         Err(e) => return Err(e.into()),
     };
     let store = Store::open(&db).await?;
     let client = local::memory_api();
     let restored = local::restore_secrets(&client, &state_dir).await?;
     let metrics = Arc::new(Metrics::new());
+    // Sidecars present `<state>/tokens/<namespace>` (made for every namespace the
+    // manifests use) to the API; `--once` applies and exits, so serves nothing.
+    let tokens = Arc::new(
+        api::auth::FileTokens::open(&state_dir.join("tokens"))
+            .map_err(|e| Fatal::Other(format!("{}/tokens: {e}", state_dir.display())))?,
+    );
+    // Signing keys (key-encryption key in `<state>/signing-kek`, mode 0600) and their
+    // rotation; the API serves the token service beside the snapshots.
+    let token_service =
+        portcullis_operator::tokens::TokenService::start_local(store.clone(), &common.tokens, &state_dir).await?;
+    if !once {
+        tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
+        start_api(
+            &api_args,
+            "127.0.0.1:7070",
+            &store,
+            &metrics,
+            Authenticator::Files(tokens.clone()),
+            token_service,
+        )
+        .await?;
+    }
     let config = Config {
         events: false,
         ..common.config()
     };
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
-    // Signing keys (key-encryption key in `<state>/signing-kek`, mode 0600) and their
-    // rotation; the local API server mounts `tokens::router(token_service)`.
-    let token_service =
-        portcullis_operator::tokens::TokenService::start_local(store.clone(), &common.tokens, &state_dir).await?;
-    tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
         println!(
@@ -332,6 +487,16 @@ async fn run_local(common: Common, dir: PathBuf, state_dir: PathBuf, once: bool)
         let snapshot = store.read_snapshot(jiff::Timestamp::now().as_second()).await?;
         local::save_snapshot(&state_dir, &snapshot)
             .map_err(|e| Fatal::Other(format!("{}: {e}", state_dir.display())))?;
+        let namespaces: std::collections::BTreeSet<&str> = snapshot
+            .policies
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .chain(snapshot.sources.iter().map(|s| s.namespace.as_str()))
+            .chain(snapshot.api_keys.iter().map(|k| k.namespace.as_str()))
+            .collect();
+        tokens
+            .ensure(namespaces)
+            .map_err(|e| Fatal::Other(format!("{}/tokens: {e}", state_dir.display())))?;
         println!(
             "revision {} (snapshot in {}/snapshot.json)",
             snapshot.revision,

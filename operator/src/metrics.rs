@@ -6,7 +6,7 @@ use std::time::Instant;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::store::{Cause, ErrorCounts, Store};
@@ -24,6 +24,82 @@ pub struct Metrics {
     store_errors: Arc<OnceLock<Arc<ErrorCounts>>>,
     webhook_requests: IntCounterVec,
     webhook_cert_expiry: IntGauge,
+    api: ApiMetrics,
+}
+
+/// The control-plane API's figures (`portcullis_operator_api_*`).
+struct ApiMetrics {
+    long_polls_waiting: IntGauge,
+    snapshots_served: IntCounterVec,
+    snapshot_build: Histogram,
+    bytes_sent: IntCounter,
+    audit_records: IntCounterVec,
+    auth_failures: IntCounterVec,
+    revision_seen: IntGauge,
+    unknown_kids: IntCounterVec,
+}
+
+impl ApiMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<ApiMetrics> {
+        let api = ApiMetrics {
+            long_polls_waiting: IntGauge::new(
+                "portcullis_operator_api_long_polls_waiting",
+                "Snapshot long polls waiting for a new revision now.",
+            )?,
+            snapshots_served: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_operator_api_snapshot_requests_total",
+                    "Snapshot requests answered, by HTTP status (200 a snapshot, 304 nothing newer within the wait).",
+                ),
+                &["code"],
+            )?,
+            snapshot_build: Histogram::with_opts(
+                HistogramOpts::new(
+                    "portcullis_operator_api_snapshot_build_seconds",
+                    "Time to read a snapshot from the database at a new revision.",
+                )
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )?,
+            bytes_sent: IntCounter::new(
+                "portcullis_operator_api_snapshot_bytes_sent_total",
+                "Snapshot bytes sent to sidecars (compressed size when gzipped).",
+            )?,
+            audit_records: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_operator_api_audit_records_total",
+                    "Audit records received from sidecars, by result (written, dropped: the database refused the batch).",
+                ),
+                &["result"],
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_operator_api_auth_failures_total",
+                    "API callers refused, by reason (missing, malformed, rejected, not_service_account, review_unavailable, wrong_namespace).",
+                ),
+                &["reason"],
+            )?,
+            revision_seen: IntGauge::new(
+                "portcullis_operator_api_revision_seen",
+                "Revision of the snapshot this replica serves.",
+            )?,
+            unknown_kids: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_operator_api_unknown_kid_reports_total",
+                    "Unknown-kid reports from sidecars, by outcome (queued for the issuer refresher, dropped when it is busy).",
+                ),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(api.long_polls_waiting.clone()))?;
+        registry.register(Box::new(api.snapshots_served.clone()))?;
+        registry.register(Box::new(api.snapshot_build.clone()))?;
+        registry.register(Box::new(api.bytes_sent.clone()))?;
+        registry.register(Box::new(api.audit_records.clone()))?;
+        registry.register(Box::new(api.auth_failures.clone()))?;
+        registry.register(Box::new(api.revision_seen.clone()))?;
+        registry.register(Box::new(api.unknown_kids.clone()))?;
+        Ok(api)
+    }
 }
 
 impl Default for Metrics {
@@ -117,6 +193,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("unique metric names");
         }
+        let api = ApiMetrics::new(&registry).expect("valid, unique API metrics");
         Metrics {
             registry,
             reconciles,
@@ -129,7 +206,45 @@ impl Metrics {
             store_errors,
             webhook_requests,
             webhook_cert_expiry,
+            api,
         }
+    }
+
+    /// A long poll starts (`+1`) or ends (`-1`) waiting.
+    pub fn long_polls_waiting(&self, delta: i64) {
+        self.api.long_polls_waiting.add(delta);
+    }
+
+    pub fn snapshot_served(&self, code: u16) {
+        self.api
+            .snapshots_served
+            .with_label_values(&[code.to_string().as_str()])
+            .inc();
+    }
+
+    pub fn observe_snapshot_build(&self, took: std::time::Duration, revision: i64) {
+        self.api.snapshot_build.observe(took.as_secs_f64());
+        self.api.revision_seen.set(revision);
+    }
+
+    pub fn bytes_sent(&self, bytes: usize) {
+        self.api.bytes_sent.inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// `result`: `written` or `dropped`.
+    pub fn audit_records(&self, result: &str, count: usize) {
+        self.api
+            .audit_records
+            .with_label_values(&[result])
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.api.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn unknown_kid_report(&self, outcome: &str) {
+        self.api.unknown_kids.with_label_values(&[outcome]).inc();
     }
 
     /// Reports `store`'s database errors (`portcullis_operator_database_errors_total`).

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use portcullis_operator::bootstrap;
 use portcullis_operator::controller::{self, Config, Context, Reconciler};
-use portcullis_operator::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use portcullis_operator::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 use portcullis_operator::credentials;
 use portcullis_operator::local;
 use portcullis_operator::metrics::Metrics;
@@ -275,7 +275,9 @@ async fn api_key_world(test: &str) -> (World, Api<ApiKey>, Api<Secret>) {
     let w = world(test).await;
     bootstrap::run(&w.store, &w.client, "portcullis-system").await.unwrap();
     let users: Api<User> = Api::all(w.client.clone());
-    create(&users, user_json("bob", &["viewer"])).await;
+    let mut bob = user_json("bob", &["viewer"]);
+    bob["spec"]["apiKeyNamespaces"] = json!(["shop", "web"]);
+    create(&users, bob).await;
     settle(&users, "bob", &w.ctx, controller::reconcile::<User>).await;
     let keys: Api<ApiKey> = Api::namespaced(w.client.clone(), "shop");
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), "shop");
@@ -347,6 +349,107 @@ async fn api_key_scopes_are_capped_at_the_owners() {
     assert_eq!((status.as_str(), reason.as_str()), ("False", "ScopesExceedOwner"));
     let rows = w.store.api_keys_of("shop", "too-wide").await.unwrap();
     assert_eq!(rows[0].scopes, vec!["read".to_string()], "write is not granted");
+}
+
+#[tokio::test]
+async fn no_key_is_minted_for_a_user_who_did_not_allow_the_namespace() {
+    let (w, keys, secrets) = api_key_world("apikey_borrowed").await;
+    // The bootstrap admin allows keys nowhere; bob allows `shop` and `web`, not `other`.
+    let mut borrow = key_json("borrow-admin", &["read", "write", "admin"]);
+    borrow["spec"]["owner"] = json!({"user": bootstrap::ADMIN_USER});
+    create(&keys, borrow).await;
+    let key = settle(&keys, "borrow-admin", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    assert!(
+        secrets.get_opt("borrow-admin-apikey").await.unwrap().is_none(),
+        "no Secret minted"
+    );
+    assert!(w.store.api_keys_of("shop", "borrow-admin").await.unwrap().is_empty());
+
+    let elsewhere: Api<ApiKey> = Api::namespaced(w.client.clone(), "other");
+    let mut other = key_json("bob-other", &["read"]);
+    other["metadata"]["namespace"] = json!("other");
+    create(&elsewhere, other).await;
+    let key = settle(&elsewhere, "bob-other", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    let other_secrets: Api<Secret> = Api::namespaced(w.client.clone(), "other");
+    assert!(other_secrets.get_opt("bob-other-apikey").await.unwrap().is_none());
+
+    // Allowed, then withdrawn: the key issued before goes at once.
+    create(&keys, key_json("bob-cli", &["read"])).await;
+    settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(w.store.api_keys_of("shop", "bob-cli").await.unwrap().len(), 1);
+    let users: Api<User> = Api::all(w.client.clone());
+    let mut bob = users.get("bob").await.unwrap();
+    bob.spec.api_key_namespaces = vec!["web".into()];
+    users.replace("bob", &PostParams::default(), &bob).await.unwrap();
+    let key = settle(&keys, "bob-cli", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key).1, "NamespaceNotAllowed");
+    assert!(
+        w.store.api_keys_of("shop", "bob-cli").await.unwrap().is_empty(),
+        "revoked"
+    );
+}
+
+#[tokio::test]
+async fn a_key_carries_roles_teams_and_namespaces_only_when_asked_and_held() {
+    let (w, keys, _) = api_key_world("apikey_roles").await;
+    let teams: Api<Team> = Api::all(w.client.clone());
+    create(
+        &teams,
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Team", "metadata": {"name": "platform"},
+                          "spec": {"members": [{"user": "bob", "role": "member"}]}}),
+    )
+    .await;
+    settle(&teams, "platform", &w.ctx, controller::reconcile::<Team>).await;
+
+    create(&keys, key_json("plain", &["read"])).await;
+    settle(&keys, "plain", &w.ctx, controller::reconcile::<ApiKey>).await;
+    let plain = &w.store.api_keys_of("shop", "plain").await.unwrap()[0];
+    assert!(plain.roles.is_empty() && plain.teams.is_empty() && plain.honoured_in.is_empty());
+
+    let mut asks = key_json("asks", &["read"]);
+    asks["spec"]["roles"] = json!(["viewer"]);
+    asks["spec"]["teams"] = json!(["platform"]);
+    asks["spec"]["honouredIn"] = json!(["web"]);
+    create(&keys, asks).await;
+    let key = settle(&keys, "asks", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key).1, "Reconciled");
+    let row = &w.store.api_keys_of("shop", "asks").await.unwrap()[0];
+    assert_eq!(
+        (row.roles.clone(), row.teams.clone(), row.honoured_in.clone()),
+        (
+            vec!["viewer".to_string()],
+            vec!["platform".to_string()],
+            vec!["web".to_string()]
+        )
+    );
+    let snapshot = w.store.read_snapshot(unix_now()).await.unwrap();
+    let entry = snapshot.api_keys.iter().find(|k| k.key_hash == row.key_hash).unwrap();
+    assert_eq!(
+        (entry.roles.as_slice(), entry.honoured_in.as_slice()),
+        (&["viewer".to_string()][..], &["web".to_string()][..])
+    );
+
+    let mut greedy = key_json("greedy", &["read"]);
+    greedy["spec"]["roles"] = json!(["admin", "viewer"]);
+    greedy["spec"]["teams"] = json!(["secret-team"]);
+    create(&keys, greedy).await;
+    let key = settle(&keys, "greedy", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "RolesExceedOwner".into()));
+    let row = &w.store.api_keys_of("shop", "greedy").await.unwrap()[0];
+    assert_eq!(
+        (row.roles.clone(), row.teams.clone()),
+        (vec!["viewer".to_string()], Vec::<String>::new())
+    );
+
+    let mut roams = key_json("roams", &["read"]);
+    roams["spec"]["honouredIn"] = json!(["web", "prod"]);
+    create(&keys, roams).await;
+    let key = settle(&keys, "roams", &w.ctx, controller::reconcile::<ApiKey>).await;
+    assert_eq!(ready(&key), ("False".into(), "NamespaceNotAllowed".into()));
+    let row = &w.store.api_keys_of("shop", "roams").await.unwrap()[0];
+    assert_eq!(row.honoured_in, vec!["web".to_string()], "prod is not bob's to allow");
 }
 
 #[tokio::test]
@@ -436,6 +539,23 @@ async fn access_policy_with_a_bad_glob_is_not_ready() {
         w.store.get_policy("shop", "api").await.unwrap().unwrap().rules[0].paths,
         ["/a/**"]
     );
+}
+
+#[tokio::test]
+async fn access_policy_granting_credentials_to_any_origin_is_not_applied() {
+    let w = world("policy_cors").await;
+    let policies: Api<AccessPolicy> = Api::namespaced(w.client.clone(), "shop");
+    create(&policies, json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "AccessPolicy", "metadata": {"name": "api", "namespace": "shop"},
+                             "spec": {"rules": [{"name": "r", "paths": ["/a/**"]}],
+                                      "cors": {"allowedOrigins": ["*"], "allowCredentials": true}}})).await;
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
+    assert_eq!(ready(&policy).1, "InvalidPolicy");
+    assert!(w.store.get_policy("shop", "api").await.unwrap().is_none());
+    let mut fixed = policy.clone();
+    fixed.spec.cors.as_mut().unwrap().allowed_origins = vec!["https://app.example.com".into()];
+    policies.replace("api", &PostParams::default(), &fixed).await.unwrap();
+    let policy = settle(&policies, "api", &w.ctx, controller::reconcile::<AccessPolicy>).await;
+    assert_eq!(ready(&policy).1, "Reconciled");
 }
 
 #[tokio::test]
@@ -577,4 +697,119 @@ async fn database_outage_mid_reconcile_recovers_without_loss() {
     assert!(db.store.get_user("dora").await.unwrap().is_none(), "nothing orphaned");
     store.close().await;
     db.finish().await;
+}
+
+/// A JWKS endpoint on loopback whose answer (status, body) the test sets.
+async fn jwks_server(answer: Arc<std::sync::Mutex<(u16, String)>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (status, body) = answer.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nCache-Control: max-age=600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_issuers_keys_are_fetched_shipped_and_kept_when_the_provider_fails() {
+    let w = world("issuer_keys").await;
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": "eA", "y": "eQ"},
+        {"kty": "oct", "kid": "shared", "alg": "HS256", "k": "c2VjcmV0"}
+    ]});
+    let answer = Arc::new(std::sync::Mutex::new((200, jwks.to_string())));
+    let base = jwks_server(answer.clone()).await;
+    let api: Api<Issuer> = Api::all(w.client.clone());
+    create(
+        &api,
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Issuer", "metadata": {"name": "idp"},
+               "spec": {"issuer": base, "jwksUri": format!("{base}/jwks"), "audiences": ["shop-api"], "algorithms": ["ES256"]}}),
+    )
+    .await;
+    let issuer = settle(&api, "idp", &w.ctx, controller::reconcile::<Issuer>).await;
+    assert_eq!(ready(&issuer).0, "True", "{:?}", issuer.status);
+    let status = issuer.status.clone().unwrap();
+    assert_eq!(
+        status.key_count,
+        Some(1),
+        "the symmetric key is never taken from outside"
+    );
+    assert!(status.last_refresh.is_some());
+    let snapshot = w.store.read_snapshot(unix_now()).await.unwrap();
+    assert_eq!(snapshot.jwt_issuers.len(), 1);
+    let shipped = &snapshot.jwt_issuers[0];
+    assert_eq!(
+        (shipped.issuer.as_str(), shipped.audiences.as_slice()),
+        (base.as_str(), &["shop-api".to_string()][..])
+    );
+    assert_eq!(shipped.keys[0].kid.as_deref(), Some("k1"));
+
+    // The provider fails: a refetch keeps the last good keys, and the status says so.
+    *answer.lock().unwrap() = (500, "{}".into());
+    let revision = w.store.revision().await.unwrap();
+    let fetcher = w.ctx.issuer_fetcher();
+    assert!(
+        portcullis_operator::issuers::refresh(&w.store, &fetcher, "idp")
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        w.store.revision().await.unwrap(),
+        revision,
+        "nothing changed for sidecars"
+    );
+    assert_eq!(
+        w.store.read_snapshot(unix_now()).await.unwrap().jwt_issuers[0]
+            .keys
+            .len(),
+        1
+    );
+    // Make the held keys stale, as max-age running out would, and reconcile.
+    w.store
+        .store_issuer_keys(
+            "idp",
+            &portcullis_operator::store::IssuerKeys {
+                keys: shipped.keys.clone(),
+                fetched_at: Some(unix_now() - 700),
+                expires_at: Some(unix_now() - 100),
+            },
+        )
+        .await
+        .unwrap();
+    let issuer = settle(&api, "idp", &w.ctx, controller::reconcile::<Issuer>).await;
+    let (ready_status, reason) = ready(&issuer);
+    assert_eq!((ready_status.as_str(), reason.as_str()), ("False", "RefreshFailed"));
+    assert_eq!(issuer.status.unwrap().key_count, Some(1));
+
+    // Deleting the Issuer removes it from snapshots.
+    api.delete("idp", &DeleteParams::default()).await.unwrap();
+    settle_deleted(&api, "idp", &w.ctx).await;
+    assert!(w.store.read_snapshot(unix_now()).await.unwrap().jwt_issuers.is_empty());
+}
+
+async fn settle_deleted(api: &Api<Issuer>, name: &str, ctx: &Arc<Context>) {
+    for _ in 0..3 {
+        match api.get_opt(name).await.unwrap() {
+            Some(current) => {
+                let _ = controller::reconcile(Arc::new(current), ctx.clone()).await;
+            }
+            None => return,
+        }
+    }
+    assert!(
+        api.get_opt(name).await.unwrap().is_none(),
+        "the finalizer let the Issuer go"
+    );
 }

@@ -11,7 +11,7 @@
 fn crds_directory_matches_the_types() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
     let expected = portcullis_operator::crd::rendered().expect("render CRDs");
-    assert_eq!(expected.len(), 6);
+    assert_eq!(expected.len(), 7);
     let mut stale = Vec::new();
     for (file, yaml) in &expected {
         if std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(yaml.as_str()) {

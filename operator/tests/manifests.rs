@@ -223,4 +223,9 @@ fn cel_rules_refuse_what_the_schema_cannot_say() {
         ))
         .is_ok()
     );
+    let mut any_origin = policy(json!({"name": "ok", "paths": ["/api/**"]}));
+    any_origin["spec"]["cors"] = json!({"allowedOrigins": ["*"], "allowCredentials": true});
+    refused(any_origin.clone(), "cannot be combined with allowCredentials");
+    any_origin["spec"]["cors"]["allowCredentials"] = json!(false);
+    assert!(validate(&any_origin).is_ok());
 }

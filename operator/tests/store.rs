@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use portcullis_operator::store::{
-    ApiKeyRow, AuditEvent, PolicyRow, ResetTokenRow, RetryPolicy, RoleRow, SessionRow, SourceRow, Store, StoreError,
-    TeamRow, UserRow, unix_now, with_retry,
+    ApiKeyRow, AuditEvent, Backend, KeyGrants, PolicyRow, RequestAudit, ResetTokenRow, RetryPolicy, RoleRow,
+    SessionRow, SourceRow, Store, StoreError, TeamRow, UserRow, unix_now, with_retry,
 };
 use portcullis_wire::{HttpMethod, LabelSelector, OwnerKind, PolicyRule, RateLimit, TeamRole};
 use support::{Kind, TestDb};
@@ -89,6 +89,9 @@ suite!(
     audit_appends_do_not_bump_the_revision,
     snapshot_holds_what_sidecars_need,
     migrations_are_idempotent,
+    epoch_is_made_once_and_renewed_with_a_revision_bump,
+    request_audit_is_written_and_retained_in_batches,
+    revision_bumps_are_notified_on_postgres,
 );
 
 fn alice() -> UserRow {
@@ -129,6 +132,9 @@ fn key(hash: &str, name: &str, owner: &str) -> ApiKeyRow {
         owner_kind: OwnerKind::User,
         owner_name: owner.into(),
         scopes: vec!["read".into()],
+        roles: vec![],
+        teams: vec![],
+        honoured_in: vec![],
         expires_at: None,
         revoked_at: None,
         created_at: unix_now(),
@@ -152,6 +158,7 @@ fn policy() -> PolicyRow {
             require_roles: vec![],
             require_team_role: None,
             allow_api_key_in_query: false,
+            forward_api_key: false,
             rate_limit: Some(RateLimit {
                 requests_per_second: 10,
                 burst: None,
@@ -160,6 +167,7 @@ fn policy() -> PolicyRow {
         cors: None,
         audit: None,
         api_versions: None,
+        path_matching: Default::default(),
     }
 }
 
@@ -462,16 +470,20 @@ async fn api_key_rotation_and_revocation(store: &Store) {
     store.insert_api_key(&new).await.unwrap();
     // Widening scopes applies to the current key only.
     let scopes = vec!["write".to_string(), "read".to_string()];
+    let grants = KeyGrants {
+        roles: vec!["viewer".into()],
+        ..KeyGrants::scopes_only(OwnerKind::User, "alice", &scopes, Some(now + 86400))
+    };
     assert!(
         store
-            .update_api_key_grants("default", "ci", OwnerKind::User, "alice", &scopes, Some(now + 86400))
+            .update_api_key_grants("default", "ci", &grants)
             .await
             .unwrap()
             .changed
     );
     assert!(
         !store
-            .update_api_key_grants("default", "ci", OwnerKind::User, "alice", &scopes, Some(now + 86400))
+            .update_api_key_grants("default", "ci", &grants)
             .await
             .unwrap()
             .changed
@@ -481,6 +493,11 @@ async fn api_key_rotation_and_revocation(store: &Store) {
     assert_eq!(keys[0].key_hash, new.key_hash);
     assert_eq!(keys[0].scopes, vec!["read", "write"]);
     assert_eq!(keys[0].expires_at, Some(now + 86400));
+    assert_eq!(keys[0].roles, vec!["viewer"], "roles are written with the scopes");
+    assert!(
+        keys[1].roles.is_empty(),
+        "a key in its rotation grace keeps what it had"
+    );
     assert_eq!(keys[1].scopes, vec!["read"]);
     assert_eq!(keys[1].revoked_at, Some(now + 300));
     // Deleting the object revokes everything at once, even keys in their grace period.
@@ -767,4 +784,84 @@ async fn galera_deadlocks_are_retried() {
     let db = TestDb::new(Kind::Galera, "deadlocks_are_retried").await;
     deadlocks_are_retried(&db.url).await;
     db.finish().await;
+}
+
+async fn epoch_is_made_once_and_renewed_with_a_revision_bump(store: &Store) {
+    let first = store.epoch().await.unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(store.epoch().await.unwrap(), first, "made once, then read");
+    assert_eq!(store.read_snapshot(unix_now()).await.unwrap().epoch, first);
+    let rev = store.revision().await.unwrap();
+    let second = store.new_epoch().await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(store.epoch().await.unwrap(), second);
+    assert_eq!(
+        store.revision().await.unwrap(),
+        rev + 1,
+        "replicas notice a new epoch as a new revision"
+    );
+    let snapshot = store.read_snapshot(unix_now()).await.unwrap();
+    assert_eq!((snapshot.epoch.as_str(), snapshot.revision), (second.as_str(), rev + 1));
+}
+
+fn request(at: i64, correlation_id: &str) -> RequestAudit {
+    RequestAudit {
+        occurred_at: at,
+        correlation_id: correlation_id.into(),
+        namespace: "shop".into(),
+        pod: "api-7d9f".into(),
+        actor: Some("user:bob".into()),
+        method: "POST".into(),
+        path: "/api/v1/items".into(),
+        rule: Some("shop-api/1".into()),
+        decision: "deny".into(),
+        reason: "forbidden".into(),
+        status: 403,
+        client: Some("10.1.2.3".into()),
+    }
+}
+
+async fn request_audit_is_written_and_retained_in_batches(store: &Store) {
+    let rev = store.revision().await.unwrap();
+    let old: Vec<RequestAudit> = (0..7).map(|i| request(1_000 + i, &format!("old-{i}"))).collect();
+    let new = request(unix_now(), "corr-new");
+    store.append_request_audit(&old).await.unwrap();
+    store.append_request_audit(std::slice::from_ref(&new)).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), rev, "audit is outside the revision");
+    assert_eq!(
+        store.request_audit_by_correlation("corr-new").await.unwrap(),
+        vec![new.clone()]
+    );
+    assert_eq!(
+        store.request_audit_by_correlation("old-3").await.unwrap(),
+        vec![old[3].clone()]
+    );
+    // Seven rows past the cut, three at a time: 3, 3, 1, then none.
+    let cut = unix_now() - 3600;
+    let mut batches = Vec::new();
+    loop {
+        let n = store.delete_audit_before(cut, 3).await.unwrap();
+        batches.push(n);
+        if n < 3 {
+            break;
+        }
+    }
+    assert_eq!(batches, [3, 3, 1]);
+    assert!(store.request_audit_by_correlation("old-0").await.unwrap().is_empty());
+    assert_eq!(store.request_audit_by_correlation("corr-new").await.unwrap(), vec![new]);
+}
+
+async fn revision_bumps_are_notified_on_postgres(store: &Store) {
+    let listener = store.revision_listener().await.unwrap();
+    if store.backend() != Backend::Postgres {
+        assert!(listener.is_none(), "only PostgreSQL can notify; the others are polled");
+        return;
+    }
+    let mut listener = listener.unwrap();
+    store.new_epoch().await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), listener.next())
+        .await
+        .expect("a notification for the committed bump")
+        .unwrap();
+    assert!(got);
 }

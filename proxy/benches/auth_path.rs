@@ -57,6 +57,9 @@ fn snapshot() -> Snapshot {
                 scopes: vec!["read".into()],
                 expires_at: None,
                 revoked_at: None,
+                roles: vec!["viewer".into()],
+                teams: vec![],
+                honoured_in: vec![],
             }
         })
         .collect();
@@ -78,6 +81,7 @@ fn snapshot() -> Snapshot {
             pod_selector: Default::default(),
             rules,
             cors: None,
+            path_matching: Default::default(),
             api_versions: None,
             audit: None,
         }],

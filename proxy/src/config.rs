@@ -25,7 +25,7 @@ pub struct Config {
     #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_listen")]
     pub tls_key: Option<PathBuf>,
     /// How often the TLS certificate and key files are checked for a rotated pair, seconds.
-    #[arg(long, env = "PORTCULLIS_TLS_RELOAD_SECONDS", default_value = "10", value_parser = seconds)]
+    #[arg(long = "tls-reload-seconds", env = "PORTCULLIS_TLS_RELOAD_SECONDS", default_value = "10", value_parser = seconds)]
     pub tls_reload: Duration,
     /// CA bundle for client certificates: on the TLS listener, and for X-Client-Cert.
     #[arg(long, env = "PORTCULLIS_CLIENT_CA")]

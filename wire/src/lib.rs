@@ -14,8 +14,8 @@ pub mod process;
 pub mod snapshot;
 
 pub use policy::{
-    ApiVersion, ApiVersions, AuditSettings, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PolicyRule,
-    RateLimit, SelectorOperator, TeamRole,
+    ApiVersion, ApiVersions, AuditSettings, Cors, HttpMethod, LabelSelector, LabelSelectorRequirement, PathMatching,
+    PolicyRule, RateLimit, SelectorOperator, TeamRole,
 };
 pub use process::unix_now;
 pub use snapshot::{

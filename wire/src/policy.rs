@@ -122,11 +122,22 @@ pub struct PolicyRule {
     /// Off by default: query strings end up in access logs and browser history.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_api_key_in_query: bool,
+    /// Pass the client's `X-API-Key` on to the app on this rule's routes. Off by default:
+    /// the sidecar checked the key, and the app has no use for a credential it could leak.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forward_api_key: bool,
 }
 
 /// Cross-origin resource sharing; preflights are answered by the sidecar.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!has(self.allowCredentials) || !self.allowCredentials || !has(self.allowedOrigins) || !self.allowedOrigins.exists(o, o == '*')",
+         "message": "allowedOrigins '*' cannot be combined with allowCredentials: any site could call the API with the user's cookies"}
+    ]))
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Cors {
     /// Origins allowed to call the API (exact match, e.g. `https://app.example.com`).
@@ -147,6 +158,47 @@ pub struct Cors {
     /// How long browsers may cache a preflight answer, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_seconds: Option<u32>,
+}
+
+impl Cors {
+    /// Whether the policy lets any origin (`*`) make credentialed calls: refused when a
+    /// policy is applied, and never granted by a sidecar.
+    pub fn wildcard_with_credentials(&self) -> bool {
+        self.allow_credentials && self.allowed_origins.iter().any(|o| o == "*")
+    }
+}
+
+/// How the app behind the sidecar routes paths, so that the policy matches what the app
+/// will serve. By default the sidecar matches paths exactly and refuses (400) a request
+/// whose path another routing (ignoring case, ignoring a trailing slash) would send to a
+/// different rule: it cannot know which one the app uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatching {
+    /// The app routes paths case-insensitively (ASP.NET Core, Express by default):
+    /// rules match ASCII letters in any case, so `/API/v1/Admin` meets the rule for
+    /// `/api/v1/admin`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub case_insensitive: bool,
+    /// The app serves `/a/` as `/a` (Express without `strict`, Spring before 6): rules
+    /// match a path with its trailing slash removed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ignore_trailing_slash: bool,
+}
+
+impl PathMatching {
+    pub fn is_exact(&self) -> bool {
+        *self == PathMatching::default()
+    }
+
+    /// Both: what an app could do, when policies disagree.
+    pub fn union(self, other: PathMatching) -> PathMatching {
+        PathMatching {
+            case_insensitive: self.case_insensitive || other.case_insensitive,
+            ignore_trailing_slash: self.ignore_trailing_slash || other.ignore_trailing_slash,
+        }
+    }
 }
 
 /// One deprecated API version.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{ApiVersions, AuditSettings, Cors, LabelSelector, PolicyRule, RateLimit, TeamRole};
+use crate::policy::{ApiVersions, AuditSettings, Cors, LabelSelector, PathMatching, PolicyRule, RateLimit, TeamRole};
 
 /// A consistent view of the control plane's database at `revision`.
 ///
@@ -155,6 +155,24 @@ pub struct ApiKeyEntry {
     /// Unix seconds; a revoked key stays listed until it expires so that the refusal
     /// can say "revoked" rather than "unknown".
     pub revoked_at: Option<i64>,
+    /// Global roles the key carries (a user's key only): those of its owner's roles the
+    /// APIKey asked for. Absent (an older control plane): none, the safe reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Teams whose membership role the key carries (a user's key only). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<String>,
+    /// Namespaces besides `namespace` whose sidecars honour the key (the owner allowed
+    /// them). A key is never honoured by a sidecar of any other namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub honoured_in: Vec<String>,
+}
+
+impl ApiKeyEntry {
+    /// Whether a sidecar of `namespace` may accept this key.
+    pub fn honoured_by(&self, namespace: &str) -> bool {
+        self.namespace == namespace || self.honoured_in.iter().any(|n| n == namespace)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,4 +196,7 @@ pub struct PolicyEntry {
     /// Allowed requests to audit (denials always are); absent from older control planes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSettings>,
+    /// How the app routes paths (absent: exactly, with ambiguous spellings refused).
+    #[serde(default, skip_serializing_if = "PathMatching::is_exact")]
+    pub path_matching: PathMatching,
 }

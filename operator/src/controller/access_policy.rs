@@ -1,5 +1,6 @@
 //! AccessPolicy → `policies`, after checking what the schema cannot: that the sidecar
-//! can compile every path glob (with the same parser it uses).
+//! can compile every path glob (with the same parser it uses), and that CORS does not
+//! grant credentials to every origin.
 
 use kube::ResourceExt;
 use portcullis_wire::glob;
@@ -12,7 +13,7 @@ impl Reconciler for AccessPolicy {
     const KIND: &'static str = "accesspolicy";
 
     async fn apply(&self, ctx: &Context) -> Result<Applied> {
-        let problems: Vec<String> = self
+        let mut problems: Vec<String> = self
             .spec
             .rules
             .iter()
@@ -22,6 +23,12 @@ impl Reconciler for AccessPolicy {
                     .filter_map(move |p| glob::parse(p).err().map(|e| format!("rule {}: {e}", rule.name)))
             })
             .collect();
+        // The CRD's CEL rule says the same; an object that slipped past it is not applied.
+        if self.spec.cors.as_ref().is_some_and(|c| c.wildcard_with_credentials()) {
+            problems.push(
+                "cors: allowedOrigins \"*\" with allowCredentials would let any site call the API with its users' cookies; list the origins".into(),
+            );
+        }
         if !problems.is_empty() {
             return Ok(Verdict::not_ready("InvalidPolicy", problems.join("; ")).into());
         }
@@ -33,6 +40,7 @@ impl Reconciler for AccessPolicy {
             cors: self.spec.cors.clone(),
             api_versions: self.spec.api_versions.clone(),
             audit: self.spec.audit.clone(),
+            path_matching: self.spec.path_matching,
         };
         ctx.store.upsert_policy(&row).await?;
         Ok(Verdict::ready(format!("{} rule(s)", row.rules.len())).into())

@@ -5,16 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use super::{Context, Result};
+use crate::credentials::{self, generate_api_key};
+use crate::store::{ApiKeyRow, KeyGrants, unix_now};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use portcullis_wire::OwnerKind;
-
-use super::{Context, Result};
-use crate::credentials::{self, generate_api_key};
-use crate::store::{ApiKeyRow, unix_now};
 
 /// Key of the Secret's data that holds the API key.
 pub const SECRET_KEY: &str = "api-key";
@@ -24,10 +22,7 @@ pub struct Grant<'a> {
     pub namespace: &'a str,
     /// Identity of the key's object in the store (`APIKey` name, or `source/<name>`).
     pub object: &'a str,
-    pub owner_kind: OwnerKind,
-    pub owner_name: &'a str,
-    pub scopes: &'a [String],
-    pub expires_at: Option<i64>,
+    pub grants: KeyGrants,
 }
 
 /// What [`ensure`] found or did.
@@ -96,34 +91,14 @@ pub async fn ensure(
             });
         }
     };
-    let scopes = sorted(grant.scopes);
-    let stale = stored.iter().any(|k| {
-        k.revoked_at.is_none()
-            && (k.owner_kind != grant.owner_kind
-                || k.owner_name != grant.owner_name
-                || k.scopes != scopes
-                || k.expires_at != grant.expires_at)
-    });
+    let grants = grant.grants.normalized();
+    let stale = stored.iter().any(|k| k.revoked_at.is_none() && !grants.held_by(k));
     if stale {
         ctx.store
-            .update_api_key_grants(
-                grant.namespace,
-                grant.object,
-                grant.owner_kind,
-                grant.owner_name,
-                grant.scopes,
-                grant.expires_at,
-            )
+            .update_api_key_grants(grant.namespace, grant.object, &grants)
             .await?;
     }
     Ok(state)
-}
-
-fn sorted(scopes: &[String]) -> Vec<String> {
-    let mut scopes = scopes.to_vec();
-    scopes.sort();
-    scopes.dedup();
-    scopes
 }
 
 fn row(grant: &Grant<'_>, hash: &str, prefix: &str, now: i64) -> ApiKeyRow {
@@ -132,10 +107,13 @@ fn row(grant: &Grant<'_>, hash: &str, prefix: &str, now: i64) -> ApiKeyRow {
         namespace: grant.namespace.to_string(),
         name: grant.object.to_string(),
         prefix: prefix.to_string(),
-        owner_kind: grant.owner_kind,
-        owner_name: grant.owner_name.to_string(),
-        scopes: grant.scopes.to_vec(),
-        expires_at: grant.expires_at,
+        owner_kind: grant.grants.owner_kind,
+        owner_name: grant.grants.owner_name.clone(),
+        scopes: grant.grants.scopes.clone(),
+        roles: grant.grants.roles.clone(),
+        teams: grant.grants.teams.clone(),
+        honoured_in: grant.grants.honoured_in.clone(),
+        expires_at: grant.grants.expires_at,
         revoked_at: None,
         created_at: now,
     }

@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::{Context, MANAGER, error_policy, reconcile};
-use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use crate::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 
 /// Which namespaces the namespaced controllers (APIKey, Source, AccessPolicy) watch.
 #[derive(Debug, Clone, Default)]
@@ -134,6 +134,12 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
     stores.push(ready(roles.store()));
     controllers.push(drive(roles.run(reconcile::<Role>, error_policy, ctx.clone())));
 
+    // Issuer (its keys are also refreshed by `issuers::refresher` on every replica)
+    let issuers =
+        Controller::new(Api::<Issuer>::all(client.clone()), wc.clone()).graceful_shutdown_on(shutdown.clone());
+    stores.push(ready(issuers.store()));
+    controllers.push(drive(issuers.run(reconcile::<Issuer>, error_policy, ctx.clone())));
+
     // User ← Role, password Secrets (in the operator's namespace; others are picked up by the resync)
     let users = Controller::new(Api::<User>::all(client.clone()), wc.clone());
     let user_store = users.store();
@@ -199,10 +205,11 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(sources.run(reconcile::<Source>, error_policy, ctx.clone())));
 
-        // APIKey ← User, Source, owned key Secret
+        // APIKey ← User, Source, Team (a key asking for its owner's role in it), owned key Secret
         let keys = Controller::new(api::<ApiKey>(&client, scope), wc.clone());
         let by_user = keys.store();
         let by_source = keys.store();
+        let by_team = keys.store();
         stores.push(ready(keys.store()));
         let sources = Api::<Source>::all(client.clone());
         let keys = keys
@@ -218,6 +225,10 @@ pub async fn run(ctx: Arc<Context>, namespaces: Namespaces, synced: Arc<Synced>,
                 refs(&by_source, |k: &ApiKey| {
                     k.namespace() == ns && k.spec.owner.source.as_deref() == Some(name.as_str())
                 })
+            })
+            .watches(Api::<Team>::all(client.clone()), wc.clone(), move |team: Team| {
+                let name = team.name_any();
+                refs(&by_team, |k: &ApiKey| k.spec.teams.contains(&name))
             })
             .graceful_shutdown_on(shutdown.clone());
         controllers.push(drive(keys.run(reconcile::<ApiKey>, error_policy, ctx.clone())));

@@ -24,6 +24,7 @@
 
 pub mod access_policy;
 pub mod api_key;
+pub mod issuer;
 mod keys;
 pub mod manager;
 pub mod role;
@@ -95,6 +96,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events; `None` when [`Config::events`] is off.
     pub recorder: Option<Recorder>,
+    /// Fetches Issuers' keys; made on first use (it reads the system's CA roots).
+    issuer_fetcher: std::sync::OnceLock<Arc<crate::issuers::Fetcher>>,
 }
 
 impl Context {
@@ -110,7 +113,15 @@ impl Context {
             config,
             metrics,
             recorder,
+            issuer_fetcher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The fetcher of Issuers' keys (`ISSUER_CA_FILE`, else the system's roots).
+    pub fn issuer_fetcher(&self) -> Arc<crate::issuers::Fetcher> {
+        self.issuer_fetcher
+            .get_or_init(|| Arc::new(crate::issuers::Fetcher::from_env()))
+            .clone()
     }
 }
 

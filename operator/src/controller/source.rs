@@ -7,7 +7,7 @@ use serde_json::json;
 use super::keys::{self, Grant};
 use super::{Applied, Context, Error, Reconciler, Result, Verdict};
 use crate::crd::Source;
-use crate::store::SourceRow;
+use crate::store::{KeyGrants, SourceRow};
 
 /// What a Source may do with its own key: send.
 pub const SOURCE_SCOPES: &[&str] = &["write"];
@@ -45,10 +45,7 @@ impl Reconciler for Source {
         let grant = Grant {
             namespace: &namespace,
             object: &object,
-            owner_kind: OwnerKind::Source,
-            owner_name: &name,
-            scopes: &scopes,
-            expires_at: None,
+            grants: KeyGrants::scopes_only(OwnerKind::Source, &name, &scopes, None),
         };
         let secret = secret_name(&name);
         let key = keys::ensure(ctx, &secret, owner, &grant, false).await?;

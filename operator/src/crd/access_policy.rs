@@ -1,7 +1,7 @@
 //! `AccessPolicy` (namespaced): who may call what on the pods it selects.
 
 use kube::CustomResource;
-use portcullis_wire::{ApiVersions, AuditSettings, Cors, LabelSelector, PolicyRule};
+use portcullis_wire::{ApiVersions, AuditSettings, Cors, LabelSelector, PathMatching, PolicyRule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -53,4 +53,8 @@ pub struct AccessPolicySpec {
     /// `{allows: 0.01}` for one in a hundred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSettings>,
+    /// How the app routes paths: `caseInsensitive`, `ignoreTrailingSlash`. Without them
+    /// a path that would meet another rule under such routing is refused (400).
+    #[serde(flatten)]
+    pub path_matching: PathMatching,
 }

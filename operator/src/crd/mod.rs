@@ -11,6 +11,8 @@ mod access_policy;
 #[allow(clippy::duplicated_attributes)]
 mod api_key;
 #[allow(clippy::duplicated_attributes)]
+mod issuer;
+#[allow(clippy::duplicated_attributes)]
 mod role;
 #[allow(clippy::duplicated_attributes)]
 mod source;
@@ -22,6 +24,7 @@ pub mod validate;
 
 pub use access_policy::{AccessPolicy, AccessPolicySpec};
 pub use api_key::{ApiKey, ApiKeyOwner, ApiKeySpec, ApiKeyStatus};
+pub use issuer::{Algorithm, ClaimMapping, ISSUER_URL, Issuer, IssuerSpec, IssuerStatus};
 pub use role::{Role, RoleSpec};
 pub use source::{Source, SourceSpec, SourceStatus, SourceType};
 pub use team::{Team, TeamMember, TeamSpec};
@@ -43,6 +46,10 @@ pub(crate) mod patterns {
     pub const SCOPE: &str = r"^(read|write|admin|[a-z][a-z0-9-]*:[a-z][a-z0-9-]*)$";
     /// A deliberately simple e-mail shape; deliverability is SMTP's business.
     pub const EMAIL: &str = r"^[^@\s]+@[^@\s]+\.[^@\s]+$";
+    /// A namespace name (RFC 1123 label).
+    pub const NAMESPACE: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+    /// A namespace name, or `*` for every namespace.
+    pub const NAMESPACE_OR_ANY: &str = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$";
 }
 
 /// Status shared by every kind: what the operator last made of the object.
@@ -84,7 +91,7 @@ fn default_password_key() -> String {
     "password".to_string()
 }
 
-/// The six CustomResourceDefinitions, in a stable order.
+/// The seven CustomResourceDefinitions, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         Role::crd(),
@@ -93,6 +100,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         ApiKey::crd(),
         Source::crd(),
         AccessPolicy::crd(),
+        Issuer::crd(),
     ]
 }
 
@@ -206,7 +214,7 @@ mod tests {
         let scopes: Vec<(String, String)> = all().into_iter().map(|c| (c.spec.names.kind, c.spec.scope)).collect();
         for (kind, scope) in scopes {
             let expected = match kind.as_str() {
-                "Role" | "User" | "Team" => "Cluster",
+                "Role" | "User" | "Team" | "Issuer" => "Cluster",
                 _ => "Namespaced",
             };
             assert_eq!(scope, expected, "{kind}");

@@ -74,4 +74,13 @@ pub struct UserSpec {
     /// Require a second factor at login.
     #[serde(default)]
     pub require_two_factor: bool,
+    /// Namespaces where an APIKey may name this user as its owner (`*`: any namespace).
+    /// Empty (the default): no APIKey may act for this user, so that whoever can create
+    /// APIKeys in some namespace cannot mint a key with this user's authority. A key is
+    /// honoured by the sidecars of its own namespace, and of the namespaces its APIKey
+    /// lists in `honouredIn` that are listed here too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = super::patterns::NAMESPACE_OR_ANY)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub api_key_namespaces: Vec<String>,
 }

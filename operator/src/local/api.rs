@@ -7,7 +7,8 @@
 //! by spec changes only, `resourceVersion` conflicts, finalizers (DELETE only marks an
 //! object with finalizers; it goes when the last one is removed), owner-reference
 //! garbage collection, `stringData` folded into `data`, and label selectors on lists.
-//! Watches are not served: local mode drives the reconcilers itself.
+//! Watches are not served: local mode drives the reconcilers itself. TokenReviews are
+//! answered from the tokens a test registered ([`MemoryApi::register_token`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -80,6 +81,14 @@ const KINDS: &[Kind] = &[
         status: true,
     },
     Kind {
+        group: "portcullis.io",
+        version: "v1alpha1",
+        plural: "issuers",
+        kind: "Issuer",
+        namespaced: false,
+        status: true,
+    },
+    Kind {
         group: "",
         version: "v1",
         plural: "secrets",
@@ -104,6 +113,14 @@ const KINDS: &[Kind] = &[
         status: false,
     },
     Kind {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "tokenreviews",
+        kind: "TokenReview",
+        namespaced: false,
+        status: false,
+    },
+    Kind {
         group: "events.k8s.io",
         version: "v1",
         plural: "events",
@@ -123,6 +140,10 @@ struct State {
     /// Owner uid → the objects naming it in `ownerReferences` (for garbage collection).
     owned: BTreeMap<String, BTreeSet<Key>>,
     version: u64,
+    /// Tokens TokenReview accepts: token → (username, audiences).
+    tokens: BTreeMap<String, (String, Vec<String>)>,
+    /// TokenReviews answered so far.
+    token_reviews: u64,
 }
 
 /// The in-memory API. Cheap to clone; clones share the objects.
@@ -134,6 +155,27 @@ pub struct MemoryApi {
 impl MemoryApi {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes TokenReview accept `token` as `username`, for `audiences`.
+    pub fn register_token(&self, token: &str, username: &str, audiences: &[&str]) {
+        let mut state = self.lock();
+        state.tokens.insert(
+            token.to_string(),
+            (username.to_string(), audiences.iter().map(|a| a.to_string()).collect()),
+        );
+    }
+
+    /// How many TokenReviews were answered.
+    pub fn token_reviews(&self) -> u64 {
+        self.lock().token_reviews
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// A `kube::Client` whose requests this API answers.
@@ -186,6 +228,16 @@ impl MemoryApi {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if route.kind.plural == "tokenreviews" {
+            return match (&parts.method, body) {
+                (&Method::POST, Some(review)) => json_response(StatusCode::CREATED, &state.review(review)),
+                _ => status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "MethodNotAllowed",
+                    "TokenReviews are only created",
+                ),
+            };
+        }
         let result = match (&parts.method, &route.name) {
             (&Method::GET, None) => return state.list(&route, &query),
             (&Method::GET, Some(name)) => match state.objects.get(&route.key(name)) {
@@ -301,6 +353,36 @@ impl Failure {
 type Outcome = Result<(StatusCode, Value), Failure>;
 
 impl State {
+    /// Answers a TokenReview as the API server would: authenticated when the token is
+    /// registered and valid for one of the audiences asked (any when none is asked);
+    /// `status.audiences` the ones it is valid for.
+    fn review(&mut self, mut review: Value) -> Value {
+        self.token_reviews += 1;
+        let token = review["spec"]["token"].as_str().unwrap_or("");
+        let asked: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let status = match self.tokens.get(token) {
+            Some((username, audiences)) => {
+                let valid: Vec<&String> = if asked.is_empty() {
+                    audiences.iter().collect()
+                } else {
+                    audiences.iter().filter(|a| asked.contains(a)).collect()
+                };
+                if valid.is_empty() {
+                    json!({"authenticated": false, "error": "token audiences do not match"})
+                } else {
+                    json!({"authenticated": true, "user": {"username": username}, "audiences": valid})
+                }
+            }
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        review["status"] = status;
+        review["metadata"] = json!({"creationTimestamp": null});
+        review
+    }
+
     fn next_version(&mut self) -> String {
         self.version += 1;
         self.version.to_string()

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::Error;
 use super::manifests::{Manifest, ManifestKey};
 use crate::controller::ApiScope;
-use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use crate::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 
 /// Applies `manifests` to the in-memory API: creates what is new, updates what
 /// changed, deletes what was in `previous` and is gone (so its rows are cleaned up by
@@ -58,6 +58,7 @@ async fn apply(client: &Client, m: &Manifest) -> Result<(), Error> {
         "APIKey" => apply_typed::<ApiKey>(client, m).await,
         "Source" => apply_typed::<Source>(client, m).await,
         "AccessPolicy" => apply_typed::<AccessPolicy>(client, m).await,
+        "Issuer" => apply_typed::<Issuer>(client, m).await,
         "Secret" => apply_typed::<Secret>(client, m).await,
         "Namespace" => ensure_namespace(client, &m.name).await,
         _ => Ok(()),
@@ -72,6 +73,7 @@ async fn delete(client: &Client, kind: &str, namespace: Option<&str>, name: &str
         "APIKey" => delete_typed::<ApiKey>(client, kind, namespace, name).await,
         "Source" => delete_typed::<Source>(client, kind, namespace, name).await,
         "AccessPolicy" => delete_typed::<AccessPolicy>(client, kind, namespace, name).await,
+        "Issuer" => delete_typed::<Issuer>(client, kind, namespace, name).await,
         "Secret" => delete_typed::<Secret>(client, kind, namespace, name).await,
         _ => Ok(()),
     }

@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams};
 use super::report::{ObjectStatus, statuses};
 use super::{Error, PAGE};
 use crate::controller::{self, Context, Reconciler};
-use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use crate::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 
 /// Reconciles run at once within a pass.
 const CONCURRENCY: usize = 8;
@@ -33,6 +33,7 @@ pub async fn converge(ctx: &Arc<Context>) -> Result<Vec<ObjectStatus>, Error> {
         reconcile_all::<Source>(ctx, only_unsettled).await?;
         reconcile_all::<ApiKey>(ctx, only_unsettled).await?;
         reconcile_all::<AccessPolicy>(ctx, only_unsettled).await?;
+        reconcile_all::<Issuer>(ctx, only_unsettled).await?;
         let now = (statuses(client).await?, ctx.store.revision().await?);
         let settled = now == last;
         last = now;

@@ -7,7 +7,7 @@ use kube::api::{Api, ListParams};
 
 use super::{Error, PAGE};
 use crate::controller::Reconciler;
-use crate::crd::{AccessPolicy, ApiKey, Role, Source, Team, User};
+use crate::crd::{AccessPolicy, ApiKey, Issuer, Role, Source, Team, User};
 
 /// One line of the report: an object and its Ready condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,7 @@ pub async fn statuses(client: &Client) -> Result<Vec<ObjectStatus>, Error> {
     collect::<Source>(client, "Source", &mut out).await?;
     collect::<ApiKey>(client, "APIKey", &mut out).await?;
     collect::<AccessPolicy>(client, "AccessPolicy", &mut out).await?;
+    collect::<Issuer>(client, "Issuer", &mut out).await?;
     Ok(out)
 }
 

@@ -18,17 +18,95 @@ pub struct ApiKeyRow {
     pub owner_name: String,
     /// Sorted and without duplicates.
     pub scopes: Vec<String>,
+    /// Global roles of its owner the key carries (none unless the APIKey asked for them).
+    /// Sorted and without duplicates, like the next two.
+    pub roles: Vec<String>,
+    /// Teams whose membership role the key carries.
+    pub teams: Vec<String>,
+    /// Namespaces besides `namespace` whose sidecars honour the key.
+    pub honoured_in: Vec<String>,
     pub expires_at: Option<i64>,
     /// When the key stops being accepted (may be in the future during a rotation grace).
     pub revoked_at: Option<i64>,
     pub created_at: i64,
 }
 
+impl ApiKeyRow {
+    /// Lists sorted and without duplicates, as they are stored and compared.
+    fn normalized(&self) -> ApiKeyRow {
+        let mut key = self.clone();
+        for list in [&mut key.scopes, &mut key.roles, &mut key.teams, &mut key.honoured_in] {
+            list.sort();
+            list.dedup();
+        }
+        key
+    }
+}
+
+/// What the current keys of an APIKey object grant: set together, in one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrants {
+    pub owner_kind: OwnerKind,
+    pub owner_name: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub teams: Vec<String>,
+    pub honoured_in: Vec<String>,
+    pub expires_at: Option<i64>,
+}
+
+impl KeyGrants {
+    /// A grant of `scopes` alone, in the key's own namespace: what a key gets unless its
+    /// APIKey asks for more.
+    pub fn scopes_only(
+        owner_kind: OwnerKind,
+        owner_name: &str,
+        scopes: &[String],
+        expires_at: Option<i64>,
+    ) -> KeyGrants {
+        KeyGrants {
+            owner_kind,
+            owner_name: owner_name.to_string(),
+            scopes: scopes.to_vec(),
+            roles: Vec::new(),
+            teams: Vec::new(),
+            honoured_in: Vec::new(),
+            expires_at,
+        }
+    }
+
+    /// Lists sorted and without duplicates, as they are stored and compared.
+    pub fn normalized(&self) -> KeyGrants {
+        let mut grants = self.clone();
+        for list in [
+            &mut grants.scopes,
+            &mut grants.roles,
+            &mut grants.teams,
+            &mut grants.honoured_in,
+        ] {
+            list.sort();
+            list.dedup();
+        }
+        grants
+    }
+
+    /// Whether a (current) key row already grants exactly this.
+    pub fn held_by(&self, key: &ApiKeyRow) -> bool {
+        key.owner_kind == self.owner_kind
+            && key.owner_name == self.owner_name
+            && key.scopes == self.scopes
+            && key.roles == self.roles
+            && key.teams == self.teams
+            && key.honoured_in == self.honoured_in
+            && key.expires_at == self.expires_at
+    }
+}
+
 /// `SELECT <every column> FROM api_keys <rest>`, as the `&'static str` sqlx wants.
 macro_rules! select_keys {
     ($rest:literal) => {
         concat!(
-            "SELECT key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at FROM api_keys ",
+            "SELECT key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, roles, teams, honoured_in, expires_at, revoked_at, created_at FROM api_keys ",
             $rest
         )
     };
@@ -38,10 +116,7 @@ pub(super) use select_keys;
 impl Store {
     /// Records a newly issued key. Recording the same key again changes nothing.
     pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<WriteOutcome> {
-        let mut key = key.clone();
-        key.scopes.sort();
-        key.scopes.dedup();
-        let scopes = to_json(&key.scopes)?;
+        let key = key.normalized();
         versioned_write!(self, "insert_api_key", |tx| {
             let existing = self
                 .query(select_keys!("WHERE key_hash = ?"))
@@ -60,7 +135,7 @@ impl Store {
                     ),
                 }),
                 None => {
-                    self.insert_key_row(tx, &key, &scopes).await?;
+                    self.insert_key_row(tx, &key).await?;
                     Ok(true)
                 }
             }
@@ -71,10 +146,7 @@ impl Store {
     /// retires its other keys then (now, or the end of a rotation grace period), in one
     /// transaction.
     pub async fn issue_api_key(&self, key: &ApiKeyRow, retire_others_at: Option<i64>) -> Result<WriteOutcome> {
-        let mut key = key.clone();
-        key.scopes.sort();
-        key.scopes.dedup();
-        let scopes = to_json(&key.scopes)?;
+        let key = key.normalized();
         versioned_write!(self, "issue_api_key", |tx| {
             if let Some(at) = retire_others_at {
                 self.query(
@@ -87,47 +159,35 @@ impl Store {
                 .execute(&mut **tx)
                 .await?;
             }
-            self.insert_key_row(tx, &key, &scopes).await?;
+            self.insert_key_row(tx, &key).await?;
             Ok(true)
         })
     }
 
-    /// Sets owner, scopes and expiry of every key of an APIKey object that is not
+    /// Sets owner, scopes, roles, teams, namespaces and expiry of every key of an APIKey object that is not
     /// being retired (keys in a rotation grace keep what they had).
-    pub async fn update_api_key_grants(
-        &self,
-        namespace: &str,
-        name: &str,
-        owner_kind: OwnerKind,
-        owner_name: &str,
-        scopes: &[String],
-        expires_at: Option<i64>,
-    ) -> Result<WriteOutcome> {
-        let mut scopes = scopes.to_vec();
-        scopes.sort();
-        scopes.dedup();
-        let scopes_json = to_json(&scopes)?;
-        let stale = |keys: &[ApiKeyRow]| {
-            keys.iter().any(|k| {
-                k.revoked_at.is_none()
-                    && (k.owner_kind != owner_kind
-                        || k.owner_name != owner_name
-                        || k.scopes != scopes
-                        || k.expires_at != expires_at)
-            })
-        };
+    pub async fn update_api_key_grants(&self, namespace: &str, name: &str, grants: &KeyGrants) -> Result<WriteOutcome> {
+        let grants = grants.normalized();
+        let stale = |keys: &[ApiKeyRow]| keys.iter().any(|k| k.revoked_at.is_none() && !grants.held_by(k));
         if !stale(&self.api_keys_of(namespace, name).await?) {
             return self.unchanged().await;
         }
+        let scopes = to_json(&grants.scopes)?;
+        let roles = to_json(&grants.roles)?;
+        let teams = to_json(&grants.teams)?;
+        let honoured_in = to_json(&grants.honoured_in)?;
         versioned_write!(self, "update_api_key_grants", |tx| {
             if !stale(&self.keys_of(tx, namespace, name).await?) {
                 return Ok(false);
             }
-            self.query("UPDATE api_keys SET owner_kind = ?, owner_name = ?, scopes = ?, expires_at = ? WHERE namespace = ? AND name = ? AND revoked_at IS NULL")
-                .bind(owner_kind.as_str())
-                .bind(owner_name)
-                .bind(&scopes_json)
-                .bind(expires_at)
+            self.query("UPDATE api_keys SET owner_kind = ?, owner_name = ?, scopes = ?, roles = ?, teams = ?, honoured_in = ?, expires_at = ? WHERE namespace = ? AND name = ? AND revoked_at IS NULL")
+                .bind(grants.owner_kind.as_str())
+                .bind(&grants.owner_name)
+                .bind(&scopes)
+                .bind(&roles)
+                .bind(&teams)
+                .bind(&honoured_in)
+                .bind(grants.expires_at)
                 .bind(namespace)
                 .bind(name)
                 .execute(&mut **tx)
@@ -196,9 +256,9 @@ impl Store {
             .transpose()
     }
 
-    async fn insert_key_row(&self, conn: &mut sqlx::AnyConnection, key: &ApiKeyRow, scopes_json: &str) -> Result<()> {
+    async fn insert_key_row(&self, conn: &mut sqlx::AnyConnection, key: &ApiKeyRow) -> Result<()> {
         self.query(
-            "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_hash, namespace, name, prefix, owner_kind, owner_name, scopes, roles, teams, honoured_in, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&key.key_hash)
         .bind(&key.namespace)
@@ -206,7 +266,10 @@ impl Store {
         .bind(&key.prefix)
         .bind(key.owner_kind.as_str())
         .bind(&key.owner_name)
-        .bind(scopes_json)
+        .bind(to_json(&key.scopes)?)
+        .bind(to_json(&key.roles)?)
+        .bind(to_json(&key.teams)?)
+        .bind(to_json(&key.honoured_in)?)
         .bind(key.expires_at)
         .bind(key.revoked_at)
         .bind(key.created_at)
@@ -242,8 +305,19 @@ pub(super) fn decode_api_key(row: &sqlx::any::AnyRow) -> Result<ApiKeyRow> {
         })?,
         owner_name: row.try_get("owner_name")?,
         scopes: from_json("api_keys.scopes", &row.try_get::<String, _>("scopes")?)?,
+        roles: optional_list(row, "roles", "api_keys.roles")?,
+        teams: optional_list(row, "teams", "api_keys.teams")?,
+        honoured_in: optional_list(row, "honoured_in", "api_keys.honoured_in")?,
         expires_at: row.try_get("expires_at")?,
         revoked_at: row.try_get("revoked_at")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// A JSON list column added by a later migration: NULL on older rows reads as empty.
+fn optional_list(row: &sqlx::any::AnyRow, column: &str, what: &'static str) -> Result<Vec<String>> {
+    match row.try_get::<Option<String>, _>(column)? {
+        Some(text) => from_json(what, &text),
+        None => Ok(Vec::new()),
+    }
 }

@@ -56,7 +56,9 @@ macro_rules! unversioned_write {
 mod api_keys;
 mod audit;
 mod config;
+mod control_plane;
 mod error;
+mod issuers;
 mod policies;
 mod retry;
 mod roles;
@@ -75,10 +77,12 @@ use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::{Query, QueryScalar};
 use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, SqlSafeStr, SqlStr, Transaction};
 
-pub use api_keys::ApiKeyRow;
+pub use api_keys::{ApiKeyRow, KeyGrants};
 pub use audit::AuditEvent;
 pub use config::{Backend, DbConfig, default_pool_size};
+pub use control_plane::{REVISION_CHANNEL, RequestAudit, RevisionListener};
 pub use error::{ConfigError, Result, StoreError};
+pub use issuers::{IssuerKeys, IssuerRow};
 pub use policies::PolicyRow;
 pub use retry::{Cause, ErrorCounts, RetryPolicy, cause, is_transient, with_retry, with_retry_counted};
 pub use roles::{RoleRow, builtin_role, builtin_roles};

@@ -1,6 +1,6 @@
 //! Access policies: which requests a sidecar lets through, per pod selector.
 
-use portcullis_wire::{ApiVersions, AuditSettings, Cors, PolicyRule};
+use portcullis_wire::{ApiVersions, AuditSettings, Cors, PathMatching, PolicyRule};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
@@ -20,6 +20,8 @@ struct SpecColumn {
     api_versions: Option<ApiVersions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     audit: Option<AuditSettings>,
+    #[serde(default, skip_serializing_if = "PathMatching::is_exact")]
+    path_matching: PathMatching,
 }
 
 impl Store {
@@ -70,6 +72,7 @@ impl Upsert for PolicyRow {
             cors: self.cors.clone(),
             api_versions: self.api_versions.clone(),
             audit: self.audit.clone(),
+            path_matching: self.path_matching,
         })?;
         let now = unix_now();
         if current.is_some() {
@@ -110,5 +113,6 @@ pub(super) fn decode_policy(row: &sqlx::any::AnyRow) -> Result<PolicyRow> {
         cors: spec.cors,
         api_versions: spec.api_versions,
         audit: spec.audit,
+        path_matching: spec.path_matching,
     })
 }

@@ -94,7 +94,10 @@ pub fn cause(err: &sqlx::Error) -> Cause {
     match err {
         sqlx::Error::Database(db) => database_cause(db.as_ref()),
         // The connection dropped: the database may be restarting or failing over.
-        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => Cause::Connection,
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => Cause::Connection,
+        // A connection cut while PostgreSQL's TLS is negotiated (`sslmode=prefer`, the
+        // default) surfaces as a protocol error about the SSLRequest answer, not as I/O.
+        sqlx::Error::Protocol(message) if message.contains("SSLRequest") => Cause::Connection,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Cause::PoolTimeout,
         _ => Cause::Other,
     }
@@ -302,6 +305,10 @@ mod tests {
         assert!(is_transient(&db_error("40P01", "deadlock detected")));
         assert!(is_transient(&db_error("57P03", "the database system is starting up")));
         assert!(!is_transient(&sqlx::Error::PoolTimedOut), "the pool already waited");
+        assert!(is_transient(&sqlx::Error::Protocol(
+            "unexpected response from SSLRequest: 0x00".into()
+        )));
+        assert!(!is_transient(&sqlx::Error::Protocol("unexpected message".into())));
         assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset
         ))));

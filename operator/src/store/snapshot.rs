@@ -53,6 +53,11 @@ impl Store {
             .scalar_i64("SELECT value FROM revision WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
+        // Empty until [`Store::epoch`] first made one (the API server does at start).
+        let epoch: String = sqlx::query_scalar(self.sql("SELECT value FROM epoch WHERE id = 1"))
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or_default();
 
         let roles = self
             .query("SELECT name, scopes, description, builtin FROM roles ORDER BY name")
@@ -126,6 +131,9 @@ impl Store {
                     scopes: k.scopes,
                     expires_at: k.expires_at,
                     revoked_at: k.revoked_at,
+                    roles: k.roles,
+                    teams: k.teams,
+                    honoured_in: k.honoured_in,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -162,6 +170,8 @@ impl Store {
             .map(decode_policy)
             .collect::<Result<Vec<_>>>()?;
 
+        // External issuers (Issuer objects), then the token service's own.
+        let mut jwt_issuers = self.snapshot_issuers(&mut tx).await?;
         // Our issuer's published keys (a key is published from its creation, before it
         // signs, until the last token it signed has expired), grouped by issuer.
         let mut issuers: BTreeMap<String, Vec<JwtKey>> = BTreeMap::new();
@@ -175,7 +185,7 @@ impl Store {
             let key: JwtKey = super::from_json("signing_keys.public_jwk", &jwk)?;
             issuers.entry(row.try_get("issuer")?).or_default().push(key);
         }
-        let jwt_issuers = issuers
+        let own_issuers: Vec<JwtIssuer> = issuers
             .into_iter()
             .map(|(issuer, keys)| JwtIssuer {
                 issuer,
@@ -185,12 +195,12 @@ impl Store {
                 keys,
             })
             .collect();
+        jwt_issuers.extend(own_issuers);
 
         tx.commit().await?;
         Ok(Snapshot {
             revision,
-            // The epoch table arrives with the control-plane API.
-            epoch: String::new(),
+            epoch,
             generated_at: now,
             roles,
             users,

@@ -61,6 +61,17 @@ impl Store {
         self.load_team(&mut conn, name).await
     }
 
+    /// The teams `user` is a member of, sorted.
+    pub async fn user_teams(&self, user: &str) -> Result<Vec<String>> {
+        self.query("SELECT team_name FROM team_members WHERE user_name = ? ORDER BY team_name")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok(row.try_get::<String, _>("team_name")?))
+            .collect()
+    }
+
     /// A team with its members.
     async fn load_team(&self, conn: &mut AnyConnection, name: &str) -> Result<Option<TeamRow>> {
         let row = self

@@ -250,7 +250,7 @@ pub fn bulk_manifests(users: usize, teams: usize, keys: usize) -> Vec<portcullis
             None,
             name.clone(),
             json!({"apiVersion": api, "kind": "User", "metadata": {"name": name},
-            "spec": {"email": format!("{name}@bulk.example"), "roles": roles}}),
+            "spec": {"email": format!("{name}@bulk.example"), "roles": roles, "apiKeyNamespaces": ["bulk"]}}),
         );
     }
     for t in 0..teams {

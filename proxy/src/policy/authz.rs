@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use portcullis_wire::glob::{self, Segment};
-use portcullis_wire::{HttpMethod, PolicyRule, TeamRole};
+use portcullis_wire::{HttpMethod, PathMatching, PolicyRule, TeamRole};
 
-use super::path::NormalizedPath;
+use super::path::{NormalizedPath, PathError};
 
 /// An AccessPolicy's rules, compiled once per snapshot into a trie of path segments.
 ///
@@ -14,15 +14,27 @@ use super::path::NormalizedPath;
 /// were tried one by one; the trie only makes finding it cost the depth of the path
 /// instead of the number of rules. Each trie node is reached by one chain of segments, so
 /// a lookup visits every node at most once: no path can make matching blow up.
+///
+/// A second trie holds the same globs with their literals in lower case: how an app that
+/// ignores case reads them (see [`Matcher::route`]).
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     rules: Vec<PolicyRule>,
     root: Node,
+    folded: Node,
+    /// How the app routes, as its policies say.
+    matching: PathMatching,
+    /// Some literal has an upper-case letter: the two tries differ even for a path
+    /// without one.
+    upper_literals: bool,
 }
 
 /// Where a glob ends: the rule, and which of its globs (the first matching glob of the
 /// first matching rule decides the `{team}` capture).
 type Target = (usize, usize);
+
+/// The rule found and where in the path its `{team}` capture is.
+type Found = Option<(Target, Option<usize>)>;
 
 #[derive(Debug, Clone, Default)]
 struct Node {
@@ -48,8 +60,16 @@ pub struct BadGlob {
 }
 
 impl Matcher {
+    /// Rules for an app that routes paths exactly as given.
     pub fn compile(rules: &[PolicyRule]) -> Result<Matcher, BadGlob> {
+        Matcher::compile_with(rules, PathMatching::default())
+    }
+
+    /// Rules for an app that routes as `matching` says.
+    pub fn compile_with(rules: &[PolicyRule], matching: PathMatching) -> Result<Matcher, BadGlob> {
         let mut root = Node::default();
+        let mut folded = Node::default();
+        let mut upper_literals = false;
         for (r, rule) in rules.iter().enumerate() {
             for (g, text) in rule.paths.iter().enumerate() {
                 let segments = glob::parse(text).map_err(|_| BadGlob {
@@ -58,11 +78,25 @@ impl Matcher {
                     glob: text.clone(),
                 })?;
                 root.insert(&segments, (r, g));
+                let lower: Vec<Segment> = segments
+                    .into_iter()
+                    .map(|segment| match segment {
+                        Segment::Literal(lit) => {
+                            upper_literals |= lit.bytes().any(|b| b.is_ascii_uppercase());
+                            Segment::Literal(lit.to_ascii_lowercase())
+                        }
+                        other => other,
+                    })
+                    .collect();
+                folded.insert(&lower, (r, g));
             }
         }
         Ok(Matcher {
             rules: rules.to_vec(),
             root,
+            folded,
+            matching,
+            upper_literals,
         })
     }
 
@@ -71,7 +105,8 @@ impl Matcher {
         self.rules.get(index)
     }
 
-    /// The first rule whose methods and paths match, with the captured team.
+    /// The first rule whose methods and paths match the path exactly as given, with the
+    /// captured team.
     pub fn find<'m, 'p>(
         &'m self,
         method: HttpMethod,
@@ -87,14 +122,72 @@ impl Matcher {
         method: HttpMethod,
         path: &'p NormalizedPath,
     ) -> Option<(usize, &'m PolicyRule, Option<&'p str>)> {
+        self.resolve(self.lookup(&self.root, method, &path.segments), path)
+    }
+
+    /// The rule that decides a request, matched as the app will route its path: ignoring
+    /// ASCII case if the policy says the app does (`caseInsensitive`), without a trailing
+    /// slash if it says so (`ignoreTrailingSlash`). A routing the policy does not declare
+    /// is still one the app might do: when a path would meet a different rule under it,
+    /// the path is refused rather than guessed. Only a path with an upper-case letter or a
+    /// trailing slash (or a policy with upper-case literals) costs more than one lookup.
+    pub fn route<'m, 'p>(
+        &'m self,
+        method: HttpMethod,
+        path: &'p NormalizedPath,
+    ) -> Result<Option<(usize, &'m PolicyRule, Option<&'p str>)>, PathError> {
+        let segments = &path.segments;
+        let trailing = segments.len() > 1 && segments.last().is_some_and(String::is_empty);
+        let upper = segments.iter().any(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
+        if !trailing && !upper && !self.upper_literals {
+            // Every reading of this path is the path itself, and both tries agree on it.
+            return Ok(self.find_indexed(method, path));
+        }
+        let declared = self.matching;
+        let read = |lower: bool, strip: bool| -> Found {
+            let node = if lower { &self.folded } else { &self.root };
+            let keep = if strip && trailing {
+                segments.len() - 1
+            } else {
+                segments.len()
+            };
+            if lower && upper {
+                let lowered: Vec<String> = segments[..keep].iter().map(|s| s.to_ascii_lowercase()).collect();
+                self.lookup(node, method, &lowered)
+            } else {
+                self.lookup(node, method, &segments[..keep])
+            }
+        };
+        let chosen = read(declared.case_insensitive, declared.ignore_trailing_slash);
+        for lower in [declared.case_insensitive, true] {
+            for strip in [declared.ignore_trailing_slash, true] {
+                if read(lower, strip).map(|((rule, _), _)| rule) != chosen.map(|((rule, _), _)| rule) {
+                    return Err(PathError::AmbiguousRoute);
+                }
+            }
+        }
+        Ok(self.resolve(chosen, path))
+    }
+
+    fn lookup(&self, node: &Node, method: HttpMethod, segments: &[String]) -> Found {
         let mut best = None;
         let allows = |(r, _): Target| {
             self.rules
                 .get(r)
                 .is_some_and(|rule| rule.methods.is_empty() || rule.methods.contains(&method))
         };
-        self.root.walk(&path.segments, None, &allows, &mut best);
-        best.and_then(|((r, _), team)| self.rules.get(r).map(|rule| (r, rule, team)))
+        node.walk(segments, 0, None, &allows, &mut best);
+        best
+    }
+
+    fn resolve<'m, 'p>(
+        &'m self,
+        found: Found,
+        path: &'p NormalizedPath,
+    ) -> Option<(usize, &'m PolicyRule, Option<&'p str>)> {
+        let ((r, _), team) = found?;
+        let team = team.and_then(|i| path.segments.get(i)).map(String::as_str);
+        self.rules.get(r).map(|rule| (r, rule, team))
     }
 }
 
@@ -116,12 +209,15 @@ impl Node {
         child.insert(rest, target);
     }
 
-    fn walk<'p>(
+    /// Walks `path` (the segments from `depth` on); `team` is where the `{team}` capture
+    /// so far is.
+    fn walk(
         &self,
-        path: &'p [String],
-        team: Option<&'p str>,
+        path: &[String],
+        depth: usize,
+        team: Option<usize>,
         allows: &impl Fn(Target) -> bool,
-        best: &mut Option<(Target, Option<&'p str>)>,
+        best: &mut Found,
     ) {
         let mut offer = |targets: &[Target]| {
             // Targets are in insertion order, i.e. sorted: the first allowed one is this node's best.
@@ -137,16 +233,16 @@ impl Node {
             return;
         };
         if let Some(child) = self.literals.get(segment.as_str()) {
-            child.walk(remaining, team, allows, best);
+            child.walk(remaining, depth + 1, team, allows, best);
         }
         if segment.is_empty() {
             return;
         }
         if let Some(child) = &self.any {
-            child.walk(remaining, team, allows, best);
+            child.walk(remaining, depth + 1, team, allows, best);
         }
         if let Some(child) = &self.team {
-            child.walk(remaining, Some(segment.as_str()), allows, best);
+            child.walk(remaining, depth + 1, Some(depth), allows, best);
         }
     }
 }

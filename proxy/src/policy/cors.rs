@@ -26,12 +26,17 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
+/// The request's origin when the policy allows it. `*` allows any origin only without
+/// credentials: with them, echoing any origin would let every site call the API as the
+/// browser's user, so only origins listed by name are granted (the operator refuses such a
+/// policy; this holds for a snapshot from anywhere else).
 fn allowed_origin<'h>(cors: &Cors, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     let text = origin.to_str().ok()?;
+    let wildcard = !cors.allow_credentials;
     cors.allowed_origins
         .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(text))
+        .any(|o| (o == "*" && wildcard) || (o != "*" && o.eq_ignore_ascii_case(text)))
         .then_some(origin)
 }
 
@@ -221,6 +226,37 @@ mod tests {
             Some(false),
             "Vary goes beside the app's"
         );
+    }
+
+    #[test]
+    fn any_origin_never_gets_credentials() {
+        let wildcard = Cors {
+            allowed_origins: vec!["*".into()],
+            ..cors()
+        };
+        assert!(wildcard.wildcard_with_credentials());
+        assert_eq!(
+            preflight(&wildcard, &request("https://evil.example", "GET", "")).err(),
+            Some(CorsRefused::Origin),
+            "no grant for a site the policy does not name"
+        );
+        let mut out = ResponseEdits::new(HeaderValue::from_static("c"));
+        decorate(&wildcard, &request("https://evil.example", "GET", ""), &mut out);
+        assert_eq!(out.iter().count(), 0, "no Access-Control-* header at all");
+        // Named beside `*`, an origin keeps its credentialed grant.
+        let named = Cors {
+            allowed_origins: vec!["*".into(), "https://app.example.com".into()],
+            ..cors()
+        };
+        let ok = preflight(&named, &request("https://app.example.com", "GET", "")).unwrap();
+        assert_eq!(ok.headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        // Without credentials `*` still means any origin.
+        let open = Cors {
+            allow_credentials: false,
+            ..wildcard
+        };
+        let ok = preflight(&open, &request("https://any.example", "GET", "")).unwrap();
+        assert!(!ok.headers.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
     }
 
     #[test]

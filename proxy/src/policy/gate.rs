@@ -108,6 +108,8 @@ pub struct Admitted {
     pub path: NormalizedPath,
     /// The query as forwarded (an `api_key` parameter taken out).
     pub query: Option<String>,
+    /// The rule passes the client's `X-API-Key` on to the app.
+    pub forward_api_key: bool,
 }
 
 impl Refused {
@@ -158,14 +160,16 @@ pub struct Admission {
     pub target: String,
     /// Correlation id, auth method, `X-Forwarded-For`, `X-Forwarded-Proto`.
     ours: [(HeaderName, HeaderValue); 4],
+    /// Which of the client's headers reach the app (see [`ClientHeaders::drops`]).
+    pub client_headers: ClientHeaders,
     /// What changes in the app's response.
     pub response: ResponseEdits,
 }
 
 impl Admission {
     /// The headers the app receives from the sidecar, after the client's own (which no
-    /// longer hold any of these names: see [`is_reserved`]): the principal's identity
-    /// headers, then ours.
+    /// longer hold any of these names: see [`ClientHeaders::drops`]): the principal's
+    /// identity headers, then ours.
     pub fn headers(&self) -> impl Iterator<Item = &(HeaderName, HeaderValue)> {
         self.principal
             .as_deref()
@@ -442,6 +446,10 @@ impl Gate {
                 (X_FORWARDED_FOR, xff),
                 (X_FORWARDED_PROTO, HeaderValue::from_static(proto)),
             ],
+            client_headers: ClientHeaders {
+                trusted_peer: self.trusted.trusts(conn.peer.ip()),
+                forward_api_key: admitted.forward_api_key,
+            },
             principal: admitted.principal,
             method: admitted.method,
             target,
@@ -473,14 +481,14 @@ impl Gate {
         })?;
         let query = query.map(str::to_string);
         let peer = conn.peer.ip();
-        // A forwarded certificate counts only from a trusted peer.
-        let forwarded_cert = if self.trusted.trusts(peer) {
-            headers.get(X_CLIENT_CERT)
-        } else {
-            None
-        };
+        // A forwarded certificate counts only from a trusted peer, and only one: two are
+        // ambiguous (which one did the proxy in front mean?), whoever sent them.
+        let forwarded_cert = single(headers, &X_CLIENT_CERT)?.filter(|_| self.trusted.trusts(peer));
 
-        let found = snapshot.matcher.find_indexed(method, &path);
+        let found = snapshot.matcher.route(method, &path).map_err(|e| {
+            self.metrics.limits.with_label_values(&["bad_request"]).inc();
+            Refused::new(StatusCode::BAD_REQUEST, "bad_path", e.to_string())
+        })?;
         let rule = found.map(|(_, rule, _)| rule);
         trace.rule = rule.map_or_else(|| "none".into(), |r| r.name.clone());
         let rule_index = found.map(|(index, _, _)| index);
@@ -534,6 +542,7 @@ impl Gate {
             method: auth_method,
             path,
             query,
+            forward_api_key: rule.is_some_and(|r| r.forward_api_key),
         })
     }
 
@@ -582,11 +591,19 @@ impl Gate {
             let token = value.to_str().map(|v| v[7..].trim()).unwrap_or_default();
             let claims = match snapshot.jwt.verify(token, now) {
                 Ok(claims) => claims,
-                Err(refusal) => {
-                    if refusal == JwtRefusal::UnknownKey {
+                Err(r) => {
+                    if r == JwtRefusal::UnknownKey {
                         trace.unknown_kid = snapshot.jwt.unknown_kid(token);
                     }
-                    return Err(refuse(AuthMethod::Jwt, refusal.as_str(), trace));
+                    let mut refused = refuse(AuthMethod::Jwt, r.as_str(), trace);
+                    if r == JwtRefusal::UnsafeClaim {
+                        // Its own code: the token is genuine, the issuer's values are the problem.
+                        refused.code = "unsafe_claim";
+                        refused.message =
+                            "bearer token refused: a claim holds a separator, whitespace, a control byte or non-ASCII"
+                                .into();
+                    }
+                    return Err(refused);
                 }
             };
             // Checked on every request, cache hit or not: a logout takes effect at once.
@@ -615,7 +632,7 @@ impl Gate {
         {
             let principal = snapshot
                 .directory
-                .api_key(&key, now)
+                .api_key(&key, &self.pod.namespace, now)
                 .map_err(|r| refuse(AuthMethod::ApiKey, r.as_str(), trace))?;
             return Ok(Authenticated::new(Some(principal), AuthMethod::ApiKey, query));
         }
@@ -651,7 +668,7 @@ impl Gate {
         trace: &mut Trace,
     ) -> Result<(), Refused> {
         let now = std::time::Instant::now();
-        let who = || principal.map_or_else(|| format!("ip:{client_ip}"), |p| p.subject.clone());
+        let who = || principal.map_or_else(|| ratelimit::anonymous_key(client_ip), |p| p.subject.clone());
         let mut checks = Vec::new();
         if let Some((rule, limit)) = rule.and_then(|r| r.rate_limit.as_ref().map(|l| (r.name.as_str(), l))) {
             checks.push((rule, limit));

@@ -11,7 +11,7 @@ use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole};
 
 use super::authz::Identity;
 use super::certs::CertIdentity;
-use super::headers::{X_AUTH_EMAIL, X_AUTH_ROLES, X_AUTH_SCOPES, X_AUTH_TEAMS, X_AUTH_USER};
+use super::headers::{X_AUTH_EMAIL, X_AUTH_ROLES, X_AUTH_SCOPES, X_AUTH_SUBJECT, X_AUTH_TEAMS, X_AUTH_USER};
 
 /// Longest credential value looked at; longer ones are refused unread.
 const MAX_KEY_LEN: usize = 256;
@@ -19,7 +19,9 @@ const MAX_KEY_LEN: usize = 256;
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `user:<name>` or `source:<namespace>/<name>`; also the rate-limit key.
+    /// Typed and unambiguous: `user:<name>`, `source:<namespace>/<name>`, or
+    /// `<issuer>#<sub>` for an external token's subject. Sent as `X-Auth-Subject`; also
+    /// the rate-limit key.
     pub subject: String,
     /// The user's name, or the source's.
     pub name: String,
@@ -60,7 +62,8 @@ impl Principal {
         }
     }
 
-    /// `X-Auth-User`, `-Email`, `-Roles`, `-Scopes` and `-Teams` as the app receives them.
+    /// `X-Auth-User`, `-Subject`, `-Email`, `-Roles`, `-Scopes` and `-Teams` as the app
+    /// receives them.
     /// A value that cannot be a header (a control byte in a name) is left out.
     pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         self.headers.0.get_or_init(|| {
@@ -75,6 +78,7 @@ impl Principal {
             }
             let values = [
                 (X_AUTH_USER, Some(self.name.clone())),
+                (X_AUTH_SUBJECT, Some(self.subject.clone())),
                 (X_AUTH_EMAIL, self.email.clone()),
                 (X_AUTH_ROLES, Some(self.roles.join(","))),
                 (X_AUTH_SCOPES, Some(self.scopes.join(","))),
@@ -125,6 +129,8 @@ pub enum Refusal {
     OwnerUnknown,
     /// A certificate that names both a user and a source, or several users.
     Ambiguous,
+    /// An API key of another namespace, which its owner did not allow here.
+    WrongNamespace,
 }
 
 impl Refusal {
@@ -138,6 +144,7 @@ impl Refusal {
             Refusal::OwnerDisabled => "owner_disabled",
             Refusal::OwnerUnknown => "owner_unknown",
             Refusal::Ambiguous => "ambiguous",
+            Refusal::WrongNamespace => "wrong_namespace",
         }
     }
 }
@@ -228,9 +235,10 @@ impl Directory {
         }
     }
 
-    /// Authenticates an API key at `now` (Unix seconds). The key is hashed and looked
-    /// up by hash; the stored hash is then compared in constant time.
-    pub fn api_key(&self, presented: &str, now: i64) -> Result<Arc<Principal>, Refusal> {
+    /// Authenticates an API key at `now` (Unix seconds) for a sidecar of `namespace`. The
+    /// key is hashed and looked up by hash; the stored hash is then compared in constant
+    /// time. A key is honoured only in its own namespace and those its owner allowed.
+    pub fn api_key(&self, presented: &str, namespace: &str, now: i64) -> Result<Arc<Principal>, Refusal> {
         if presented.is_empty() || presented.len() > MAX_KEY_LEN || !presented.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Refusal::Malformed);
         }
@@ -245,11 +253,17 @@ impl Directory {
         if entry.expires_at.is_some_and(|at| at <= now) {
             return Err(Refusal::Expired);
         }
+        if !entry.honoured_by(namespace) {
+            return Err(Refusal::WrongNamespace);
+        }
         let mut principal = match entry.owner_kind {
             OwnerKind::User => {
                 let mut user = (*self.user(&entry.owner_name)?).clone();
-                // A key never holds more than its owner holds now.
+                // A key carries what it grants and its owner still holds: its scopes
+                // always, roles and team roles only those the APIKey asked for.
                 user.scopes.retain(|s| entry.scopes.contains(s));
+                user.roles.retain(|r| entry.roles.contains(r));
+                user.teams.retain(|(team, _)| entry.teams.contains(team));
                 user
             }
             OwnerKind::Source => Principal {
@@ -368,6 +382,9 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             expires_at: None,
             revoked_at: None,
+            roles: Vec::new(),
+            teams: Vec::new(),
+            honoured_in: Vec::new(),
         }
     }
 
@@ -416,6 +433,12 @@ mod tests {
                 key("pck_eve", OwnerKind::User, "eve", &["read"]),
                 key("pck_ghost", OwnerKind::User, "ghost", &["read"]),
                 key("pck_syslog", OwnerKind::Source, "edge-syslog", &["write"]),
+                ApiKeyEntry {
+                    roles: vec!["viewer".into(), "admin".into()],
+                    teams: vec!["platform".into()],
+                    honoured_in: vec!["web".into()],
+                    ..key("pck_bob_full", OwnerKind::User, "bob", &["read"])
+                },
                 key("pck_muted", OwnerKind::Source, "muted", &["write"]),
             ],
             sources: vec![
@@ -442,40 +465,57 @@ mod tests {
 
     #[test]
     fn a_user_key_carries_the_owners_identity_capped_at_its_scopes() {
-        let bob = directory().api_key("pck_bob", NOW).unwrap();
+        let bob = directory().api_key("pck_bob", "shop", NOW).unwrap();
         assert_eq!(bob.subject, "user:bob");
         assert_eq!(bob.email.as_deref(), Some("bob@example.com"));
         assert_eq!(bob.scopes, ["read"], "write is not bob's to give");
-        assert_eq!(bob.teams, [("platform".to_string(), TeamRole::Member)]);
+        assert!(bob.roles.is_empty(), "the key asked for none of bob's roles");
+        assert!(bob.teams.is_empty(), "nor for his team roles");
         assert_eq!(
-            directory().api_key("pck_grace", NOW).unwrap().subject,
+            directory().api_key("pck_grace", "shop", NOW).unwrap().subject,
             "user:bob",
             "still in its rotation grace"
         );
     }
 
     #[test]
+    fn a_key_carries_only_the_roles_and_teams_it_asked_for_that_its_owner_holds() {
+        let full = directory().api_key("pck_bob_full", "shop", NOW).unwrap();
+        assert_eq!(full.roles, ["viewer"], "admin is not bob's to give");
+        assert_eq!(full.teams, [("platform".to_string(), TeamRole::Member)]);
+    }
+
+    #[test]
+    fn a_key_is_honoured_only_in_its_namespace_and_those_its_owner_allowed() {
+        let d = directory();
+        assert_eq!(d.api_key("pck_bob", "other", NOW), Err(Refusal::WrongNamespace));
+        assert_eq!(d.api_key("pck_syslog", "other", NOW), Err(Refusal::WrongNamespace));
+        assert_eq!(d.api_key("pck_bob_full", "web", NOW).unwrap().subject, "user:bob");
+        assert_eq!(d.api_key("pck_bob_full", "other", NOW), Err(Refusal::WrongNamespace));
+    }
+
+    #[test]
     fn bad_keys_are_refused_with_a_reason() {
         let d = directory();
-        assert_eq!(d.api_key("with space", NOW), Err(Refusal::Malformed));
-        assert_eq!(d.api_key("", NOW), Err(Refusal::Malformed));
+        assert_eq!(d.api_key("with space", "shop", NOW), Err(Refusal::Malformed));
+        assert_eq!(d.api_key("", "shop", NOW), Err(Refusal::Malformed));
         assert_eq!(
-            d.api_key(&format!("pck_{}", "x".repeat(300)), NOW),
+            d.api_key(&format!("pck_{}", "x".repeat(300)), "shop", NOW),
             Err(Refusal::Malformed)
         );
-        assert_eq!(d.api_key("not-a-key", NOW), Err(Refusal::Unknown));
-        assert_eq!(d.api_key("pck_nope", NOW), Err(Refusal::Unknown));
-        assert_eq!(d.api_key("pck_old", NOW), Err(Refusal::Expired));
-        assert_eq!(d.api_key("pck_gone", NOW), Err(Refusal::Revoked));
-        assert_eq!(d.api_key("pck_grace", NOW + 61), Err(Refusal::Revoked));
-        assert_eq!(d.api_key("pck_eve", NOW), Err(Refusal::OwnerDisabled));
-        assert_eq!(d.api_key("pck_ghost", NOW), Err(Refusal::OwnerUnknown));
-        assert_eq!(d.api_key("pck_muted", NOW), Err(Refusal::OwnerDisabled));
+        assert_eq!(d.api_key("not-a-key", "shop", NOW), Err(Refusal::Unknown));
+        assert_eq!(d.api_key("pck_nope", "shop", NOW), Err(Refusal::Unknown));
+        assert_eq!(d.api_key("pck_old", "shop", NOW), Err(Refusal::Expired));
+        assert_eq!(d.api_key("pck_gone", "shop", NOW), Err(Refusal::Revoked));
+        assert_eq!(d.api_key("pck_grace", "shop", NOW + 61), Err(Refusal::Revoked));
+        assert_eq!(d.api_key("pck_eve", "shop", NOW), Err(Refusal::OwnerDisabled));
+        assert_eq!(d.api_key("pck_ghost", "shop", NOW), Err(Refusal::OwnerUnknown));
+        assert_eq!(d.api_key("pck_muted", "shop", NOW), Err(Refusal::OwnerDisabled));
     }
 
     #[test]
     fn a_source_key_is_the_source() {
-        let source = directory().api_key("pck_syslog", NOW).unwrap();
+        let source = directory().api_key("pck_syslog", "shop", NOW).unwrap();
         assert_eq!(
             (source.subject.as_str(), source.scopes.as_slice()),
             ("source:shop/edge-syslog", &["write".to_string()][..])
@@ -508,7 +548,7 @@ mod tests {
         assert_eq!(user_scopes, "list,read");
         assert_eq!(header(&user, &X_AUTH_USER).as_deref(), Some("bob"));
         assert_eq!(header(&user, &X_AUTH_TEAMS).as_deref(), Some("platform:member"));
-        let key = d.api_key("pck_bob", NOW).unwrap();
+        let key = d.api_key("pck_bob", "shop", NOW).unwrap();
         assert_eq!(header(&key, &X_AUTH_SCOPES).as_deref(), Some("read"));
         assert!(Arc::ptr_eq(&user, &d.user("bob").unwrap()), "one principal per user");
     }

@@ -49,6 +49,9 @@ pub enum JwtRefusal {
     NotYetValid,
     WrongIssuer,
     WrongAudience,
+    /// A claim the app would receive in a header (an external token's `sub`, roles,
+    /// scopes, e-mail) holds a list separator, whitespace, a control byte or non-ASCII.
+    UnsafeClaim,
 }
 
 impl JwtRefusal {
@@ -63,6 +66,7 @@ impl JwtRefusal {
             Self::NotYetValid => "not_yet_valid",
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",
+            Self::UnsafeClaim => "unsafe_claim",
         }
     }
 }
@@ -260,19 +264,31 @@ impl Verifier {
             None => payload.scp.map_or_else(Vec::new, |scp| scp.into_strings(true)),
         };
         let roles = payload.roles.map_or_else(Vec::new, |roles| roles.into_strings(false));
-        let bearer = (key.source == ClaimSource::Token).then(|| {
-            Arc::new(Principal {
+        // An e-mail is only an identity once the issuer verified it.
+        let email = payload
+            .email
+            .filter(|_| payload.email_verified.as_ref().is_some_and(Verified::is_true));
+        let bearer = if key.source == ClaimSource::Token {
+            // What the token says reaches the app in headers, where a `,` would add a role
+            // and a control byte could end the header: refused, not cleaned.
+            let mut values = std::iter::once(&subject).chain(&roles).chain(&scopes).chain(&email);
+            if !values.all(|v| header_safe(v)) {
+                return Err(JwtRefusal::UnsafeClaim);
+            }
+            Some(Arc::new(Principal {
                 roles: roles.clone(),
                 scopes: scopes.clone(),
-                ..Principal::named(format!("jwt:{subject}"), subject.clone(), payload.email.clone())
-            })
-        });
+                ..Principal::named(format!("{}#{subject}", key.issuer), subject.clone(), email.clone())
+            }))
+        } else {
+            None
+        };
         let claims = Claims {
             issuer: key.issuer.clone(),
             subject,
             session: payload.sid,
             expires_at: exp,
-            email: payload.email,
+            email,
             roles,
             scopes,
             source: key.source,
@@ -433,9 +449,39 @@ struct Payload {
     /// Strict: a `sid` we could not read would silently escape session revocation.
     sid: Option<String>,
     email: Option<String>,
+    /// OIDC's `email_verified`: a boolean, or (some issuers) the string `"true"`.
+    email_verified: Option<Verified>,
     roles: Option<Strings>,
     scope: Option<Strings>,
     scp: Option<Strings>,
+}
+
+/// The `email_verified` claim, however the issuer spells it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Verified {
+    Flag(bool),
+    Text(String),
+    Other(IgnoredAny),
+}
+
+impl Verified {
+    fn is_true(&self) -> bool {
+        match self {
+            Verified::Flag(flag) => *flag,
+            Verified::Text(text) => text == "true",
+            Verified::Other(_) => false,
+        }
+    }
+}
+
+/// Whether a claim can go into an identity header as it is: 1 to 256 visible ASCII
+/// characters, none of them a list separator (`,` `;`), a quote or a backslash.
+fn header_safe(value: &str) -> bool {
+    (1..=256).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'))
 }
 
 /// A claim that should hold strings: one string or an array; anything else contributes nothing.
@@ -974,7 +1020,7 @@ dQIDAQAB\n\
     fn claims_come_from_the_token() {
         let v = hs_verifier();
         let token = hs256(&with(json!({
-            "sid": "s-1", "email": "a@example.com", "roles": ["admin", 7, {"x": 1}, "dev"],
+            "sid": "s-1", "email": "a@example.com", "email_verified": true, "roles": ["admin", 7, {"x": 1}, "dev"],
             "scope": "read  write", "scp": ["ignored"], "unknown": {"deep": [1, 2]}
         })));
         let claims = v.verify(&token, NOW).unwrap();
@@ -1001,6 +1047,50 @@ dQIDAQAB\n\
             v.verify(&hs256(&with(json!({"sid": 42}))), NOW),
             Err(JwtRefusal::Malformed)
         );
+    }
+
+    #[test]
+    fn external_claims_that_an_app_could_misread_are_refused() {
+        let v = hs_verifier();
+        for bad in [
+            json!({"sub": "alice,admin"}),
+            json!({"sub": "alice\r\nx-auth-roles: admin"}),
+            json!({"sub": "alice bob"}),
+            json!({"sub": "al\u{e9}"}),
+            json!({"roles": ["viewer,admin"]}),
+            json!({"roles": ["viewer;admin"]}),
+            json!({"scope": "read write\u{0}admin"}),
+            json!({"email": "a@example.com,b@example.com", "email_verified": true}),
+        ] {
+            assert_eq!(
+                v.verify(&hs256(&with(bad.clone())), NOW),
+                Err(JwtRefusal::UnsafeClaim),
+                "{bad}"
+            );
+        }
+        let claims = v.verify(&hs256(&with(json!({"sub": "user-1"}))), NOW).unwrap();
+        let bearer = claims.bearer.as_deref().unwrap();
+        assert_eq!(bearer.subject, format!("{ISS}#user-1"), "typed by its issuer");
+    }
+
+    #[test]
+    fn an_external_email_counts_only_when_verified() {
+        let v = hs_verifier();
+        for (verified, kept) in [
+            (json!(true), true),
+            (json!("true"), true),
+            (json!(false), false),
+            (json!("false"), false),
+            (json!(1), false),
+            (json!(null), false),
+        ] {
+            let token = hs256(&with(json!({"email": "a@example.com", "email_verified": verified})));
+            let claims = v.verify(&token, NOW).unwrap();
+            assert_eq!(claims.email.is_some(), kept, "{verified}");
+            assert_eq!(claims.bearer.as_deref().unwrap().email.is_some(), kept, "{verified}");
+        }
+        let unsaid = v.verify(&hs256(&with(json!({"email": "a@example.com"}))), NOW).unwrap();
+        assert_eq!(unsaid.email, None);
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! Request paths, normalized once: the same canonical path is matched against the
 //! policy and forwarded to the app, so the two can never disagree about what was
-//! asked. Anything ambiguous is refused (400) rather than guessed: dot segments
-//! (plain or encoded), encoded slashes and backslashes, backslashes, empty segments
-//! (`//`), `;` path parameters, NUL and control bytes, bad percent-encoding, and byte
-//! sequences that are not UTF-8 (which covers overlong encodings such as `%c0%ae`).
-//! The query string is split off first and never takes part in matching.
+//! asked. Anything a common framework could read as another path is refused (400)
+//! rather than guessed, in the spirit of Spring Security's `StrictHttpFirewall` and
+//! Envoy's path normalization: dot segments (plain or encoded), encoded slashes and
+//! backslashes, backslashes, empty segments (`//`), `;` path parameters (plain or
+//! `%3B`: Tomcat and Jetty strip them), an encoded `%` (`%25`: an app or a proxy that
+//! decodes twice would read `%252e%252e` as `..`), NUL and control bytes, bad
+//! percent-encoding, a segment with leading or trailing whitespace (trimmed by some
+//! routers), and anything not ASCII once decoded (Unicode case folding and
+//! compatibility forms, such as the Kelvin sign or fullwidth letters, and overlong
+//! UTF-8 such as `%c0%ae`). The query string is split off first and never takes part in
+//! matching. Case and a trailing slash are the matcher's business (see
+//! [`super::authz::Matcher::route`]).
 
 use std::fmt;
 
@@ -17,9 +24,14 @@ pub enum PathError {
     EncodedSlash,
     Backslash,
     PathParameter,
+    EncodedPercent,
     ControlByte,
     BadPercentEncoding,
-    NotUtf8,
+    Whitespace,
+    NotAscii,
+    /// The path meets another rule when read as an app that ignores case or a trailing
+    /// slash would read it.
+    AmbiguousRoute,
 }
 
 impl fmt::Display for PathError {
@@ -30,10 +42,16 @@ impl fmt::Display for PathError {
             PathError::EmptySegment => "the path holds an empty segment (//)",
             PathError::EncodedSlash => "the path holds an encoded / or \\",
             PathError::Backslash => "the path holds a backslash",
-            PathError::PathParameter => "the path holds a ; parameter",
+            PathError::PathParameter => "the path holds a ; parameter (plain or encoded)",
+            PathError::EncodedPercent => "the path holds an encoded % (%25)",
             PathError::ControlByte => "the path holds a control byte",
             PathError::BadPercentEncoding => "the path holds a bad percent-encoding",
-            PathError::NotUtf8 => "the path does not decode to UTF-8",
+            PathError::Whitespace => "a path segment starts or ends with whitespace",
+            PathError::NotAscii => "the path holds characters outside ASCII",
+            PathError::AmbiguousRoute => {
+                "the path meets another rule if case or a trailing slash is ignored; \
+                 an AccessPolicy says how its app routes (caseInsensitive, ignoreTrailingSlash)"
+            }
         })
     }
 }
@@ -73,6 +91,9 @@ pub fn normalize(path_and_query: &str) -> Result<(NormalizedPath, Option<&str>),
         if decoded == "." || decoded == ".." {
             return Err(PathError::DotSegment);
         }
+        if decoded.starts_with(' ') || decoded.ends_with(' ') {
+            return Err(PathError::Whitespace);
+        }
         canonical.push('/');
         encode_segment(&decoded, &mut canonical);
         segments.push(decoded);
@@ -96,6 +117,8 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
                 i += 3;
                 match value {
                     b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                    b';' => return Err(PathError::PathParameter),
+                    b'%' => return Err(PathError::EncodedPercent),
                     _ => value,
                 }
             }
@@ -109,10 +132,13 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
         if byte < 0x20 || byte == 0x7f {
             return Err(PathError::ControlByte);
         }
+        if !byte.is_ascii() {
+            return Err(PathError::NotAscii);
+        }
         out.push(byte);
     }
-    // Rejects invalid and overlong UTF-8 alike.
-    String::from_utf8(out).map_err(|_| PathError::NotUtf8)
+    // ASCII throughout, so always UTF-8.
+    String::from_utf8(out).map_err(|_| PathError::NotAscii)
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -180,9 +206,12 @@ mod tests {
             (vec!["api".into(), "v1".into(), "admin".into()], "/api/v1/admin".into())
         );
         assert_eq!(ok("/files/a%20b").1, "/files/a%20b");
-        assert_eq!(ok("/caf%C3%A9").0, ["café"]);
-        assert_eq!(ok("/caf%C3%A9").1, "/caf%C3%A9");
         assert_eq!(ok("/users/alice@example.com").1, "/users/alice@example.com");
+        assert_eq!(
+            ok("/a/B/c%41").1,
+            "/a/B/cA",
+            "case is kept: the matcher decides about it"
+        );
     }
 
     #[test]
@@ -206,8 +235,19 @@ mod tests {
             ("/api/v1/\u{7f}", PathError::ControlByte),
             ("/api/v1/%zz", PathError::BadPercentEncoding),
             ("/api/v1/%4", PathError::BadPercentEncoding),
-            ("/api/%c0%ae%c0%ae/admin", PathError::NotUtf8),
-            ("/api/%ff", PathError::NotUtf8),
+            ("/api/%c0%ae%c0%ae/admin", PathError::NotAscii),
+            ("/api/%ff", PathError::NotAscii),
+            ("/caf%C3%A9", PathError::NotAscii),
+            ("/caf\u{e9}", PathError::NotAscii),
+            ("/api/v1/\u{212a}ey", PathError::NotAscii),
+            ("/api/v1/%EF%BD%81dmin", PathError::NotAscii),
+            ("/api/v1%3Badmin", PathError::PathParameter),
+            ("/api/v1/admin%3bjsessionid=x", PathError::PathParameter),
+            ("/api/v1/%252e%252e/admin", PathError::EncodedPercent),
+            ("/api/v1/%2561dmin", PathError::EncodedPercent),
+            ("/api/v1/admin%20", PathError::Whitespace),
+            ("/api/v1/%20admin", PathError::Whitespace),
+            ("/api/v1/admin%09", PathError::ControlByte),
         ] {
             assert_eq!(normalize(path).map(|_| ()), Err(why), "{path}");
         }

@@ -3,10 +3,16 @@
 //!
 //! Buckets live in a sharded map so that concurrent requests rarely wait on one lock,
 //! and the map is bounded: when a shard is full, buckets that have refilled completely
-//! (they carry no state a new bucket would not) are dropped first.
+//! (they carry no state a new bucket would not) are dropped first, then the least
+//! recently used eighth of the shard. A new caller always gets a bucket: a full table
+//! must not let many source addresses shut out everyone new.
+//!
+//! Anonymous callers are keyed by address: an IPv4 address, or the /64 an IPv6 address
+//! is in (one host or site gets a whole /64 and could rotate through it).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -52,8 +58,7 @@ impl Limiter {
             // Full buckets hold nothing a fresh bucket would not: forget them first.
             buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst);
             if buckets.len() >= self.per_shard {
-                // Still full of active callers: refuse rather than grow without bound.
-                return Err(Duration::from_secs(1));
+                evict_least_recent(&mut buckets);
             }
         }
         let bucket = buckets.entry(key).or_insert(Bucket {
@@ -69,6 +74,41 @@ impl Limiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
         }
+    }
+}
+
+/// Drops the least recently used eighth of a full shard (at least one bucket), so that
+/// the scan is paid once per eighth of a shard's new callers, not once per caller.
+fn evict_least_recent(buckets: &mut HashMap<(String, String), Bucket>) {
+    let mut ages: Vec<Instant> = buckets.values().map(|b| b.updated).collect();
+    if ages.is_empty() {
+        return;
+    }
+    let victims = (ages.len() / 8).max(1);
+    let (_, &mut cutoff, _) = ages.select_nth_unstable(victims - 1);
+    let mut left = victims;
+    buckets.retain(|_, b| {
+        if left > 0 && b.updated <= cutoff {
+            left -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// The rate-limit identity of an anonymous caller: its IPv4 address, or the /64 of its
+/// IPv6 address (an IPv4-mapped IPv6 address is the IPv4 address it maps).
+pub fn anonymous_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -119,21 +159,33 @@ mod tests {
     }
 
     #[test]
-    fn the_map_stays_bounded() {
-        let limiter = Limiter::new(SHARDS); // one bucket per shard
+    fn the_map_stays_bounded_and_a_full_table_still_takes_new_callers() {
+        let limiter = Limiter::new(SHARDS * 8); // eight buckets per shard
         let t0 = Instant::now();
         let l = limit(1, Some(1));
-        let mut refused = 0;
-        for i in 0..200 {
-            if limiter.check(&format!("caller-{i}"), "r", &l, t0).is_err() {
-                refused += 1;
-            }
+        // Many callers, each active (their one token spent), all within the same second.
+        for i in 0..2_000 {
+            let _ = limiter.check(&format!("caller-{i}"), "r", &l, t0 + Duration::from_micros(i));
         }
         let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(held <= SHARDS, "{held} buckets held");
-        assert!(refused > 0, "active callers beyond the bound are refused, not stored");
-        // Once buckets have refilled they are forgotten to make room.
-        let later = t0 + Duration::from_secs(10);
-        assert!((0..200).any(|i| limiter.check(&format!("new-{i}"), "r", &l, later).is_ok()));
+        assert!(held <= SHARDS * 8, "{held} buckets held");
+        // A newcomer is served at once, however full the table is of active callers.
+        let now = t0 + Duration::from_millis(3);
+        for i in 0..200 {
+            assert!(limiter.check(&format!("new-{i}"), "r", &l, now).is_ok(), "new-{i}");
+        }
+        // The most recent callers kept their buckets (and their spent tokens).
+        assert!(limiter.check("new-199", "r", &l, now).is_err());
+    }
+
+    #[test]
+    fn anonymous_callers_are_keyed_by_address_and_ipv6_by_its_64() {
+        let key = |s: &str| anonymous_key(s.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), "ip:192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "ip:192.0.2.7");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:ffff:ffff:fffe"));
+        assert_eq!(key("2001:db8:1:2::1"), "ip:2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use arc_swap::ArcSwapOption;
-use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PolicyRule, Snapshot};
+use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PathMatching, PolicyRule, Snapshot};
 
 use super::authz::Matcher;
 use super::identity::Directory;
@@ -69,7 +69,11 @@ impl Compiled {
         // Compiled once, all policies' rules together; which policy a rule came from is
         // only looked up to name a bad glob.
         let rules: Vec<PolicyRule> = policies.iter().flat_map(|p| p.rules.iter().cloned()).collect();
-        let matcher = Matcher::compile(&rules).map_err(|bad| {
+        // One app behind the sidecar: if any of its policies says how it routes, it does.
+        let matching = policies
+            .iter()
+            .fold(PathMatching::default(), |all, p| all.union(p.path_matching));
+        let matcher = Matcher::compile_with(&rules, matching).map_err(|bad| {
             let mut first = 0;
             let policy = policies
                 .iter()
@@ -225,6 +229,7 @@ mod tests {
             cors: None,
             api_versions: None,
             audit: None,
+            path_matching: Default::default(),
         }
     }
 

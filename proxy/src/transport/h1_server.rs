@@ -232,6 +232,24 @@ fn parse(buf: &mut BytesMut, settings: &Settings) -> Parse {
     Parse::Request(request, close)
 }
 
+/// The request at the start of `bytes` as [`serve`] reads it (method, target, headers,
+/// body, and whether the client asked to close), or `None` when it would hand the
+/// connection to hyper or wait for more bytes. For the differential test against hyper and
+/// the fuzz targets: the server itself calls [`parse`].
+#[doc(hidden)]
+pub fn parse_one(bytes: &[u8], settings: &Settings) -> Option<(Request<Bytes>, bool)> {
+    let mut buf = BytesMut::from(bytes);
+    let Parse::Request(request, close) = parse(&mut buf, settings) else {
+        return None;
+    };
+    let (parts, body) = request.into_parts();
+    let body = match body {
+        RequestBody::Buffered(bytes) => bytes.unwrap_or_default(),
+        RequestBody::Streaming(_) => return None,
+    };
+    Some((Request::from_parts(parts, body), close))
+}
+
 /// What the headers say about a request's body and its connection.
 struct Framed {
     /// The body's length: `Content-Length`, or 0 without one.

@@ -132,7 +132,7 @@ impl Proxy {
         let upgrade = upgrade::requested(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let headers = request.headers_mut();
-        hop::strip(headers, is_reserved);
+        hop::strip(headers, |name| admission.client_headers.drops(name));
         if let Some(protocol) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
