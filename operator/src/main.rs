@@ -266,6 +266,7 @@ async fn start_api(
     store: &Store,
     metrics: &Arc<Metrics>,
     auth: Authenticator,
+    token_service: portcullis_operator::tokens::TokenService,
 ) -> Result<(), Fatal> {
     let addr = match args.api_addr {
         Some(addr) => addr,
@@ -298,8 +299,9 @@ async fn start_api(
         kid_reports,
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tokio::spawn(api::serve(listener, tls, api::router(state), shutdown_signal()));
-    tracing::info!(%addr, scheme, "control-plane API: /api/v1/snapshots/{{namespace}} /api/v1/audit");
+    let router = api::router(state).merge(portcullis_operator::tokens::router(token_service));
+    tokio::spawn(api::serve(listener, tls, router, shutdown_signal()));
+    tracing::info!(%addr, scheme, "control-plane API: /api/v1/snapshots/{{namespace}} /api/v1/audit /api/v1/auth/");
     Ok(())
 }
 
@@ -325,7 +327,7 @@ async fn run(
     let ctx = Context::new(client.clone(), store.clone(), common.config(), metrics.clone());
     let synced = Arc::new(Synced::default());
     // Every replica: its signing keys (made on first start, the key-encryption key in a
-    // Secret) and their rotation; the API server mounts `tokens::router(token_service)`.
+    // Secret) and their rotation; the API server below serves the token service.
     let token_service = portcullis_operator::tokens::TokenService::start_in_cluster(
         store.clone(),
         &common.tokens,
@@ -372,6 +374,7 @@ async fn run(
         &store,
         &metrics,
         Authenticator::TokenReview(reviewer),
+        token_service,
     )
     .await?;
 
@@ -437,13 +440,19 @@ async fn run_local(
         api::auth::FileTokens::open(&state_dir.join("tokens"))
             .map_err(|e| Fatal::Other(format!("{}/tokens: {e}", state_dir.display())))?,
     );
+    // Signing keys (key-encryption key in `<state>/signing-kek`, mode 0600) and their
+    // rotation; the API serves the token service beside the snapshots.
+    let token_service =
+        portcullis_operator::tokens::TokenService::start_local(store.clone(), &common.tokens, &state_dir).await?;
     if !once {
+        tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
         start_api(
             &api_args,
             "127.0.0.1:7070",
             &store,
             &metrics,
             Authenticator::Files(tokens.clone()),
+            token_service,
         )
         .await?;
     }
@@ -468,11 +477,6 @@ async fn run_local(
         tracing::info!(%addr, "admin port: /metrics /healthz /readyz");
     }
     let ctx = Context::new(client.clone(), store.clone(), config, metrics);
-    // Signing keys (key-encryption key in `<state>/signing-kek`, mode 0600) and their
-    // rotation; the local API server mounts `tokens::router(token_service)`.
-    let token_service =
-        portcullis_operator::tokens::TokenService::start_local(store.clone(), &common.tokens, &state_dir).await?;
-    tokio::spawn(token_service.clone().run_maintenance(shutdown_signal()));
     let report = bootstrap::run(&store, &client, &common.namespace).await?;
     if report.secret_created {
         println!(

@@ -80,9 +80,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(AUDIT_PATH, post(post_audit))
         .route(UNKNOWN_KID_PATH, post(post_unknown_kid))
         .with_state(state)
-        // The token service (operator/src/tokens/) is merged here:
-        // `.merge(crate::tokens::router(tokens_state))`, which mounts `/api/v1/auth/*`,
-        // `/.well-known/*` and `/api/v1/openapi.json`.
+        // The token service (`crate::tokens::router`: `/api/v1/auth/*`, `/.well-known/*`,
+        // `/api/v1/openapi.json`) is merged beside this by the caller (main.rs), which
+        // owns its state; `serve` gives it the peer address for throttling.
         .fallback(not_found)
 }
 
@@ -307,7 +307,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -321,8 +321,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| router.clone().oneshot(req));
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // The token service throttles per client address (axum's `ConnectInfo`).
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
         let builder = {
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
