@@ -52,7 +52,10 @@ impl Common {
 }
 
 #[derive(Subcommand)]
-#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing would only obscure clap's derive")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only obscure clap's derive"
+)]
 enum Command {
     /// Run the controllers against the cluster (in-cluster config or KUBECONFIG).
     Run {
