@@ -89,15 +89,19 @@ impl Cause {
     }
 }
 
+/// What sqlx says when the connection closes before the answer to its SSLRequest.
+const SSL_REQUEST_CLOSED: &str = "unexpected response from SSLRequest: 0x00";
+
 /// Classifies a database error.
 pub fn cause(err: &sqlx::Error) -> Cause {
     match err {
         sqlx::Error::Database(db) => database_cause(db.as_ref()),
         // The connection dropped: the database may be restarting or failing over.
         sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Tls(_) => Cause::Connection,
-        // A connection cut while PostgreSQL's TLS is negotiated (`sslmode=prefer`, the
-        // default) surfaces as a protocol error about the SSLRequest answer, not as I/O.
-        sqlx::Error::Protocol(message) if message.contains("SSLRequest") => Cause::Connection,
+        // With TLS compiled in, PostgreSQL connections start with an SSLRequest; a server
+        // (or a proxy in front of it) that closes the connection before answering is read
+        // by sqlx as the byte 0x00, not as the end of the stream: the same dropped connection.
+        sqlx::Error::Protocol(message) if message.starts_with(SSL_REQUEST_CLOSED) => Cause::Connection,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Cause::PoolTimeout,
         _ => Cause::Other,
     }
@@ -250,6 +254,19 @@ mod tests {
     use sqlx::error::ErrorKind;
 
     use super::*;
+
+    #[test]
+    fn a_connection_closed_before_the_tls_answer_is_a_dropped_connection() {
+        let closed = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert_eq!(cause(&closed), Cause::Connection);
+        assert!(is_transient(&closed));
+        let garbage = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x45".into());
+        assert_eq!(
+            cause(&garbage),
+            Cause::Other,
+            "a server answering nonsense is not retried"
+        );
+    }
 
     /// A database error as a Galera node or any SQLSTATE-speaking server would report it;
     /// the real ones cannot be provoked without a cluster.
