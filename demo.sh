@@ -63,10 +63,66 @@ show 204 "CORS preflight answered by the sidecar" -X OPTIONS -H "Origin: https:/
 printf '\n$ curl -s http://%s/metrics | grep requests_total\n' "$ADMIN"
 curl -s "http://$ADMIN/metrics" | grep '^portcullis_proxy_requests_total' || true
 
+# The Quick start: lines to paste in another shell, in order. Every line that calls the
+# API is a curl line ending in `# expect <status>`; lines that capture a value come before
+# the lines that use it (capturing lines print their status on stderr).
+QS=$STATE/quickstart.sh
+field() { # the sed that takes a JSON string field out of an answer
+  printf "sed -n 's/.*\"%s\":\"\\\\([^\"]*\\\\)\".*/\\\\1/p'" "$1"
+}
+LOGIN_BOB="curl -s -X POST \"\$P/api/v1/auth/login\" -H 'Content-Type: application/json' -d '{\"email\":\"bob@example.com\",\"password\":\"example-Bob-pw-41d2e8\"}' -w '%{stderr}%{http_code}\\n'"
+STATUS="curl -s -o /dev/null -w '%{http_code}\\n'"
+cat >"$QS" <<QUICKSTART
+P=http://$PROXY
+$STATUS "\$P/api/v1/items"   # expect 401
+LOGIN=\$($LOGIN_BOB)   # expect 200
+TOKEN=\$(printf '%s' "\$LOGIN" | $(field access_token)); REFRESH=\$(printf '%s' "\$LOGIN" | $(field refresh_token))
+$STATUS -H "Authorization: Bearer \$TOKEN" "\$P/api/v1/items"   # expect 200
+$STATUS -X POST -H "Authorization: Bearer \$TOKEN" "\$P/api/v1/items"   # expect 403
+NEW=\$(curl -s -X POST "\$P/api/v1/auth/refresh" -H 'Content-Type: application/json' -d "{\"refresh_token\":\"\$REFRESH\"}" -w '%{stderr}%{http_code}\n')   # expect 200
+TOKEN=\$(printf '%s' "\$NEW" | $(field access_token))
+$STATUS -H "Authorization: Bearer \$TOKEN" "\$P/api/v1/items"   # expect 200
+KEY=\$(awk '/^# bob-cli-apikey\$/{f=1} f && /api-key:/{print \$2; exit}' $STATE/secrets/shop.yaml | base64 -d)
+$STATUS -H "X-API-Key: \$KEY" "\$P/api/v1/items"   # expect 200
+$STATUS -H "X-API-Key: pck_not-a-key" "\$P/api/v1/items"   # expect 401
+$STATUS -X POST -H "Authorization: Bearer \$TOKEN" "\$P/api/v1/auth/logout"   # expect 200
+$STATUS -H "Authorization: Bearer \$TOKEN" "\$P/api/v1/items"   # expect 401
+QUICKSTART
+echo
+echo "== Quick start: paste these lines in another shell, in order (they are in $QS too);"
+echo "   the last one is refused because the logout before it reached the sidecar (within a second)"
+echo
+cat "$QS"
+
 if ((CHECK)); then
+  # Every line as a person pasting it would run it, in one shell; a line's status is the
+  # last three-digit number it printed. A GET that follows a revocation may need up to a
+  # second to be refused: such a line is retried for a second.
+  out=$(mktemp)
+  while IFS= read -r line; do
+    want=$(sed -n 's/.*# expect \([0-9]\{3\}\)$/\1/p' <<<"$line")
+    eval "$line" >"$out" 2>&1 || true
+    [[ -z $want ]] && continue
+    got=$(grep -oE '[0-9]{3}' "$out" | tail -1 || true)
+    if [[ $got != "$want" && $line != *"-X POST"* ]]; then
+      for _ in $(seq 1 10); do
+        sleep 0.1
+        eval "$line" >"$out" 2>&1 || true
+        got=$(grep -oE '[0-9]{3}' "$out" | tail -1 || true)
+        [[ $got == "$want" ]] && break
+      done
+    fi
+    if [[ $got == "$want" ]]; then
+      echo "ok   $want  ${line:0:100}"
+    else
+      echo "FAIL got ${got:-nothing}, expected $want: $line"
+      failed=1
+    fi
+  done <"$QS"
+  rm -f "$out"
   ((failed == 0)) && echo "== demo: every answer as expected" || { echo "== demo: unexpected answers" >&2; exit 1; }
   exit 0
 fi
 echo
-echo "== running: try your own curls against http://$PROXY (edit examples/ and the policy follows); Ctrl-C stops"
+echo "== running: paste the lines above, or try your own curls against http://$PROXY (edit examples/ and the policy follows); Ctrl-C stops"
 wait

@@ -215,9 +215,9 @@ async fn no_secret_reaches_a_log_at_debug_level() {
         pair["refresh_token"].as_str().unwrap(),
     ));
     let bearer = format!("Bearer {access}");
-    let new_password = "a-New-passphrase-for-Alice-3318";
+    let new_password = "a-New-passphrase-of-hers-3318";
     secrets.extend(needles("alice's new password", new_password));
-    let change = |current: &'static str| serde_json::json!({"current_password": current, "new_password": "a-New-passphrase-for-Alice-3318"});
+    let change = |current: &'static str| serde_json::json!({"current_password": current, "new_password": "a-New-passphrase-of-hers-3318"});
     let wrong = post(
         &sidecar,
         "/api/v1/auth/password",
