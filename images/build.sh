@@ -33,7 +33,7 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --locked --quiet --profile "$PROFILE" --target "$target" \
   -p portcullis-operator -p portcullis-proxy --bin portcullis-operator --bin portcullis-proxy
 echo "built in $(( $(date +%s) - t0 )) s"
-bindir="target/$target/$PROFILE"
+bindir="${CARGO_TARGET_DIR:-target}/$target/$PROFILE"
 
 status=0
 declare -A ports=([operator]="8443 9443 9090" [proxy]="8080 9090")
