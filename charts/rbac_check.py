@@ -190,7 +190,8 @@ class Collector:
 
         def kind_of(expr: str, line: str, pos: int) -> str | None:
             expr = expr.strip().lstrip("&").strip()
-            m = re.match(r"Api::<(\w+)>::", expr)
+            # `Api::<K>::all(…)`, or a helper returning one: `api::<K>(&client, scope)`.
+            m = re.match(r"Api::<(\w+)>::", expr) or re.match(r"\w+::<(\w+)>\(", expr)
             if m:
                 kind = m.group(1)
             else:
