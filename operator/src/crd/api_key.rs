@@ -65,19 +65,19 @@ pub struct ApiKeySpec {
     /// Global roles of the owning User the key also carries (each must be one the user
     /// holds). Without it the key carries no role: a rule that asks for a role refuses it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = super::patterns::OBJECT_NAME)))]
+    #[schemars(length(max = 64), inner(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub roles: Vec<String>,
     /// Teams whose membership role (the owning User's, in that team) the key also
     /// carries. Without it the key carries no team role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = super::patterns::OBJECT_NAME)))]
+    #[schemars(length(max = 64), inner(length(max = 253), regex(pattern = super::patterns::OBJECT_NAME)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub teams: Vec<String>,
     /// Namespaces besides this one whose sidecars honour the key; each must be allowed by
     /// the owning User's `apiKeyNamespaces`. Without it only this namespace's sidecars do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = super::patterns::NAMESPACE)))]
+    #[schemars(length(max = 64), inner(length(max = 63), regex(pattern = super::patterns::NAMESPACE)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub honoured_in: Vec<String>,
     /// When the key stops working (RFC 3339). Without it the key lives until deleted.

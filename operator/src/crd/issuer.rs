@@ -59,7 +59,7 @@ pub struct IssuerSpec {
     #[schemars(regex(pattern = ISSUER_URL), length(max = 2048))]
     pub jwks_uri: Option<String>,
     /// Accepted `aud` values: a token must be for one of them.
-    #[schemars(length(min = 1), inner(length(min = 1, max = 512)))]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 512)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub audiences: Vec<String>,
     /// Which claims carry the caller's roles, scopes, teams and e-mail.
@@ -67,7 +67,7 @@ pub struct IssuerSpec {
     pub claims: ClaimMapping,
     /// Signature algorithms accepted from this issuer; keys of other algorithms are ignored.
     #[serde(default = "default_algorithms")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub algorithms: Vec<Algorithm>,
 }
@@ -156,6 +156,7 @@ impl Algorithm {
 /// What the operator made of an Issuer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = super::bound_status_conditions)]
 pub struct IssuerStatus {
     #[serde(flatten)]
     pub common: Status,
@@ -164,6 +165,7 @@ pub struct IssuerStatus {
     pub key_count: Option<i64>,
     /// When the keys were last fetched successfully (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub last_refresh: Option<String>,
 }
 

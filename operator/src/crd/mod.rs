@@ -69,6 +69,18 @@ pub struct Status {
 /// Adds to k8s-openapi's schema of `Condition` the bounds the API server declares for
 /// `metav1.Condition` (k8s-openapi's carries none): an API server estimates the cost of
 /// CEL rules from such bounds, and `operator/tests/crd_limits.rs` wants every field bounded.
+/// [`bound_conditions`] for a status that flattens [`Status`] into its own fields (the
+/// field's own transform does not survive the flattening).
+pub(crate) fn bound_status_conditions(schema: &mut schemars::Schema) {
+    let conditions = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("conditions"))
+        .and_then(|c| <&mut schemars::Schema>::try_from(c).ok());
+    if let Some(conditions) = conditions {
+        bound_conditions(conditions);
+    }
+}
+
 fn bound_conditions(schema: &mut schemars::Schema) {
     schema.insert("maxItems".into(), 16.into());
     let props = schema

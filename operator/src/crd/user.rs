@@ -80,7 +80,7 @@ pub struct UserSpec {
     /// honoured by the sidecars of its own namespace, and of the namespaces its APIKey
     /// lists in `honouredIn` that are listed here too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(regex(pattern = super::patterns::NAMESPACE_OR_ANY)))]
+    #[schemars(length(max = 256), inner(length(max = 63), regex(pattern = super::patterns::NAMESPACE_OR_ANY)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub api_key_namespaces: Vec<String>,
 }
