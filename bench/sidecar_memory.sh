@@ -44,6 +44,8 @@ def snapshot(revision):
         "users": [{"name": f"user-{u}", "email": f"user-{u}@bench.test", "disabled": u % 97 == 0,
                    "roles": [f"role-{u % 20}", f"role-{(u * 7) % 20}"],
                    "teams": [{"team": f"team-{u % 50}", "role": "member"}]} for u in range(users)],
+        # As the control plane sends it: the count ahead of the keys.
+        "api_key_count": keys,
         "api_keys": [{"key_hash": hashlib.sha256(f"pck_bench_{k}".encode()).hexdigest(),
                       "prefix": f"pck_bench_{k}"[:12], "namespace": "bench",
                       "owner_kind": "source" if k % 10 == 9 else "user",

@@ -18,6 +18,7 @@ fn verifier() -> Verifier {
         issuer: "https://fuzz.test".into(),
         audiences: vec!["app".into()],
         claims: ClaimSource::Token,
+        claim_names: Default::default(),
         leeway_seconds: 30,
         keys: vec![JwtKey {
             alg: "HS256".into(),

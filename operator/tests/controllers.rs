@@ -735,7 +735,8 @@ async fn an_issuers_keys_are_fetched_shipped_and_kept_when_the_provider_fails() 
     create(
         &api,
         json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "Issuer", "metadata": {"name": "idp"},
-               "spec": {"issuer": base, "jwksUri": format!("{base}/jwks"), "audiences": ["shop-api"], "algorithms": ["ES256"]}}),
+               "spec": {"issuer": base, "jwksUri": format!("{base}/jwks"), "audiences": ["shop-api"], "algorithms": ["ES256"],
+                        "claims": {"roles": "groups", "teams": "org_teams"}}}),
     )
     .await;
     let issuer = settle(&api, "idp", &w.ctx, controller::reconcile::<Issuer>).await;
@@ -755,6 +756,16 @@ async fn an_issuers_keys_are_fetched_shipped_and_kept_when_the_provider_fails() 
         (base.as_str(), &["shop-api".to_string()][..])
     );
     assert_eq!(shipped.keys[0].kid.as_deref(), Some("k1"));
+    // The claim mapping goes with the keys; claims not named keep their defaults.
+    assert_eq!(
+        shipped.claim_names,
+        portcullis_wire::ClaimNames {
+            roles: "groups".into(),
+            scopes: "scope".into(),
+            teams: "org_teams".into(),
+            email: "email".into(),
+        }
+    );
 
     // The provider fails: a refetch keeps the last good keys, and the status says so.
     *answer.lock().unwrap() = (500, "{}".into());

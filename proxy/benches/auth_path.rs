@@ -89,6 +89,7 @@ fn snapshot() -> Snapshot {
             issuer: "https://auth.bench".into(),
             audiences: vec!["bench".into()],
             claims: Default::default(),
+            claim_names: Default::default(),
             leeway_seconds: 30,
             keys: vec![JwtKey {
                 alg: "HS256".into(),

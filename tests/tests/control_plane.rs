@@ -97,6 +97,38 @@ async fn revocations_reach_every_sidecar_within_a_second(database_url: Option<&s
     store.upsert_user(&bob).await.unwrap();
     assert!(all_answer(&setup, 200, Duration::from_secs(5)).await.is_some());
 
+    // A write that changes only another namespace's view (a key made in `billing`): the
+    // revision moves, but no `shop` sidecar is answered — they hold the same view.
+    let held = setup.sidecars[0]
+        .metric("portcullis_proxy_snapshot_revision")
+        .await
+        .unwrap();
+    let now = portcullis_wire::unix_now();
+    let outcome = store
+        .insert_api_key(&portcullis_operator::store::ApiKeyRow {
+            key_hash: portcullis_operator::credentials::sha256_hex(b"billing-key"),
+            namespace: "billing".into(),
+            name: "billing-cli".into(),
+            prefix: "pck_billing".into(),
+            owner_kind: portcullis_wire::OwnerKind::User,
+            owner_name: "bob".into(),
+            scopes: vec!["read".into()],
+            roles: Vec::new(),
+            teams: Vec::new(),
+            honoured_in: Vec::new(),
+            expires_at: None,
+            revoked_at: None,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    assert!(outcome.revision as f64 > held);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for sidecar in &setup.sidecars {
+        let revision = sidecar.metric("portcullis_proxy_snapshot_revision").await.unwrap();
+        assert_eq!(revision, held, "a shop sidecar was sent billing's write");
+    }
+
     // A key revoked.
     store
         .revoke_api_keys("shop", "bob-cli", portcullis_wire::unix_now())

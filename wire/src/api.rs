@@ -12,6 +12,15 @@
 //! body's epoch and revision on both answers. `401` without a valid token, `403` when the
 //! token belongs to another namespace.
 //!
+//! **Views.** Every write bumps the one revision, but most writes change what only a few
+//! namespaces receive (an API key goes to the namespaces that honour it). Each answer
+//! carries [`VIEW_HEADER`], a digest of the namespace's view without its revision; a
+//! caller that sends it back (`&view={v}`) is answered only when the revision is higher
+//! *and* the view differs, so a write wakes the sidecars it concerns and no others. The
+//! digest is of the content, the same on every replica: a sidecar that moves to another
+//! replica is compared with what it really holds. A caller that sends no view is answered
+//! at every higher revision.
+//!
 //! **Epoch.** A random id of the control plane's database, stored in it and renewed when
 //! the database is restored or replaced. A sidecar installs a snapshot whose epoch equals
 //! the one it holds only if its revision is higher; a snapshot of another epoch is
@@ -47,6 +56,10 @@ pub const MAX_AUDIT_BATCH: usize = 1000;
 pub const EPOCH_HEADER: &str = "portcullis-epoch";
 /// Response header: the revision the answer is at.
 pub const REVISION_HEADER: &str = "portcullis-revision";
+/// Response header: the digest of the namespace's view (see "Views" above).
+pub const VIEW_HEADER: &str = "portcullis-view";
+/// Longest view digest a caller may send back.
+pub const MAX_VIEW_LEN: usize = 64;
 
 /// The long poll's query string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +72,9 @@ pub struct SnapshotQuery {
     /// Seconds to wait for a change; clamped to [`MAX_WAIT_SECONDS`].
     #[serde(default)]
     pub wait: u64,
+    /// The [`VIEW_HEADER`] of the snapshot the caller holds; empty for none.
+    #[serde(default)]
+    pub view: String,
 }
 
 /// What a sidecar decided about one request.

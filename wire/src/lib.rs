@@ -19,6 +19,6 @@ pub use policy::{
 };
 pub use process::unix_now;
 pub use snapshot::{
-    ApiKeyEntry, ClaimSource, JwtIssuer, JwtKey, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry,
+    ApiKeyEntry, ClaimNames, ClaimSource, JwtIssuer, JwtKey, OwnerKind, PolicyEntry, RoleEntry, Snapshot, SourceEntry,
     TeamMembership, UserEntry,
 };

@@ -41,6 +41,9 @@ pub struct JwtIssuer {
     /// Where the caller's roles, scopes and teams come from.
     #[serde(default)]
     pub claims: ClaimSource,
+    /// For `claims: token`: the claims that hold them (an Issuer's `claims` mapping).
+    #[serde(default)]
+    pub claim_names: ClaimNames,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u32,
@@ -63,6 +66,48 @@ pub enum ClaimSource {
     /// Roles from the `roles` claim, scopes from `scope` (space separated) or `scp`,
     /// e-mail from `email`. External issuers.
     Token,
+}
+
+/// The claims of an external token that hold the caller's roles, scopes, teams and
+/// e-mail (an Issuer's `spec.claims`). Roles, scopes and teams: a list of strings or one
+/// string of space-separated items. A team is `team` (a member) or `team:role`. When
+/// `scopes` is `scope` (the default) and the token has none, `scp` is read instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimNames {
+    #[serde(default = "ClaimNames::default_roles")]
+    pub roles: String,
+    #[serde(default = "ClaimNames::default_scopes")]
+    pub scopes: String,
+    #[serde(default = "ClaimNames::default_teams")]
+    pub teams: String,
+    #[serde(default = "ClaimNames::default_email")]
+    pub email: String,
+}
+
+impl ClaimNames {
+    fn default_roles() -> String {
+        "roles".into()
+    }
+    fn default_scopes() -> String {
+        "scope".into()
+    }
+    fn default_teams() -> String {
+        "teams".into()
+    }
+    fn default_email() -> String {
+        "email".into()
+    }
+}
+
+impl Default for ClaimNames {
+    fn default() -> ClaimNames {
+        ClaimNames {
+            roles: ClaimNames::default_roles(),
+            scopes: ClaimNames::default_scopes(),
+            teams: ClaimNames::default_teams(),
+            email: ClaimNames::default_email(),
+        }
+    }
 }
 
 /// One verification key, as a JWK (RFC 7517: `kid`, `alg`, `n`/`e`, `crv`/`x`/`y`, `k`),
@@ -171,7 +216,13 @@ pub struct ApiKeyEntry {
 impl ApiKeyEntry {
     /// Whether a sidecar of `namespace` may accept this key.
     pub fn honoured_by(&self, namespace: &str) -> bool {
-        self.namespace == namespace || self.honoured_in.iter().any(|n| n == namespace)
+        self.honoured_namespaces().any(|n| n == namespace)
+    }
+
+    /// Every namespace whose sidecars may accept this key: its own, then those its owner
+    /// allowed.
+    pub fn honoured_namespaces(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.namespace.as_str()).chain(self.honoured_in.iter().map(String::as_str))
     }
 }
 

@@ -32,7 +32,8 @@ use axum::routing::{get, post};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_wire::api::{
-    AUDIT_PATH, AuditBatch, MAX_AUDIT_BATCH, MAX_WAIT_SECONDS, SnapshotQuery, UNKNOWN_KID_PATH, UnknownKid,
+    AUDIT_PATH, AuditBatch, MAX_AUDIT_BATCH, MAX_VIEW_LEN, MAX_WAIT_SECONDS, SnapshotQuery, UNKNOWN_KID_PATH,
+    UnknownKid,
 };
 use tower::ServiceExt;
 
@@ -118,6 +119,7 @@ fn parse_query(raw: Option<&str>) -> Result<SnapshotQuery, String> {
         revision: -1,
         epoch: String::new(),
         wait: 0,
+        view: String::new(),
     };
     for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match &*key {
@@ -128,6 +130,8 @@ fn parse_query(raw: Option<&str>) -> Result<SnapshotQuery, String> {
             }
             "epoch" if value.len() <= 64 => query.epoch = value.into_owned(),
             "epoch" => return Err("epoch too long".into()),
+            "view" if value.len() <= MAX_VIEW_LEN => query.view = value.into_owned(),
+            "view" => return Err("view too long".into()),
             "wait" => query.wait = value.parse().map_err(|_| format!("wait {value:?} is not a number"))?,
             _ => {}
         }
@@ -189,16 +193,16 @@ async fn snapshot_answer(
     loop {
         let current = rx.borrow_and_update().clone();
         if let Some(built) = &current
-            && snapshots::is_news(built, &query)
+            && snapshots::is_news(built, namespace, &query)
         {
             let body = built.body(namespace, gzip).await;
             state.metrics.bytes_sent(body.len());
-            return snapshots::snapshot_response(built, body, gzip, cid);
+            return snapshots::snapshot_response(built, namespace, body, gzip, cid);
         }
         let woke = tokio::time::timeout_at(deadline, rx.changed()).await;
         if !matches!(woke, Ok(Ok(()))) {
             return match current.or_else(|| state.feed.current()) {
-                Some(built) => snapshots::not_modified(&built, cid),
+                Some(built) => snapshots::not_modified(&built, namespace, cid),
                 None => error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_snapshot",

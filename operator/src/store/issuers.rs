@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_wire::{ClaimSource, JwtIssuer, JwtKey};
+use portcullis_wire::{ClaimNames, ClaimSource, JwtIssuer, JwtKey};
 use sqlx::{AnyConnection, Row};
 
 use super::{Result, Store, Upsert, WriteOutcome, from_json, to_json, unix_now};
@@ -146,6 +146,7 @@ impl Store {
                     issuer: issuer.issuer,
                     audiences: issuer.audiences,
                     claims: ClaimSource::Token,
+                    claim_names: claim_names(&issuer.claims),
                     leeway_seconds: 30,
                     // Only keys of an allowed algorithm (the fetcher filters too; this
                     // holds when the allowed list shrank since).
@@ -157,6 +158,23 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The stored mapping (`roles`, `scopes`, `teams`, `email` → claim) as sidecars read it;
+/// an entry missing from an older row keeps the default claim.
+fn claim_names(stored: &BTreeMap<String, String>) -> ClaimNames {
+    let mut names = ClaimNames::default();
+    for (field, claim) in [
+        (&mut names.roles, "roles"),
+        (&mut names.scopes, "scopes"),
+        (&mut names.teams, "teams"),
+        (&mut names.email, "email"),
+    ] {
+        if let Some(stored) = stored.get(claim) {
+            field.clone_from(stored);
+        }
+    }
+    names
 }
 
 impl Upsert for IssuerRow {

@@ -191,6 +191,7 @@ impl Store {
                 issuer,
                 audiences: vec![TOKEN_AUDIENCE.to_string()],
                 claims: ClaimSource::Directory,
+                claim_names: Default::default(),
                 leeway_seconds: TOKEN_LEEWAY_SECS,
                 keys,
             })

@@ -1,6 +1,8 @@
 //! The control plane, long-polled for the next snapshot of this namespace (the contract
 //! of [`portcullis_wire::api`]): over the verified channel of [`crate::control_plane`],
-//! with the token read afresh each poll, gzip accepted and inflated within a bound.
+//! with the token read afresh each poll, gzip accepted and inflated within a bound, and
+//! the view digest of the snapshot in force sent back, so that writes that do not change
+//! this namespace's view do not wake this sidecar.
 //!
 //! A snapshot is parsed as it streams in (on a blocking thread, fed the body's chunks
 //! through a short channel), never held whole: a document of 100,000 API keys is 24 MB,
@@ -16,7 +18,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use portcullis_wire::api::SNAPSHOTS_PATH;
+use portcullis_wire::api::{EPOCH_HEADER, MAX_VIEW_LEN, REVISION_HEADER, SNAPSHOTS_PATH, VIEW_HEADER};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -54,8 +56,32 @@ pub enum FeedError {
 enum Fetched {
     /// 304: what the sidecar holds is current.
     Unchanged,
-    /// 200: a snapshot document on its way, gzipped or not.
-    Snapshot { body: Incoming, gzip: bool },
+    /// 200: a snapshot document on its way, gzipped or not, and the view it is of.
+    Snapshot {
+        body: Incoming,
+        gzip: bool,
+        view: Option<View>,
+    },
+}
+
+/// Which view of the namespace a snapshot is, as the control plane's headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct View {
+    epoch: String,
+    revision: i64,
+    digest: String,
+}
+
+impl View {
+    fn from_headers(headers: &hyper::HeaderMap) -> Option<View> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let digest = text(VIEW_HEADER).filter(|d| !d.is_empty() && d.len() <= MAX_VIEW_LEN)?;
+        Some(View {
+            epoch: text(EPOCH_HEADER)?.to_string(),
+            revision: text(REVISION_HEADER)?.parse().ok()?,
+            digest: digest.to_string(),
+        })
+    }
 }
 
 /// Long-polls the control plane: answers with a snapshot are installed, 304s confirm the
@@ -64,17 +90,24 @@ enum Fetched {
 pub async fn poll(endpoint: Endpoint, installer: Installer) {
     let client: Client<Connector, Empty<Bytes>> = endpoint.client();
     let mut backoff = FIRST_BACKOFF;
+    // The view of the last snapshot installed from the control plane.
+    let mut installed_view: Option<View> = None;
     loop {
         let held = installer.current.load();
         let (revision, epoch) = held.as_ref().map_or((-1, ""), |c| (c.revision, c.epoch.as_str()));
-        let fetched = fetch(&client, &endpoint, &installer.pod.namespace, revision, epoch).await;
+        // Sent only while the snapshot in force is the one it describes.
+        let view = installed_view
+            .as_ref()
+            .filter(|v| v.revision == revision && v.epoch == epoch)
+            .map_or("", |v| v.digest.as_str());
+        let fetched = fetch(&client, &endpoint, &installer.pod.namespace, revision, epoch, view).await;
         drop(held);
         let failure = match fetched {
             Ok(Fetched::Unchanged) => {
                 installer.current.confirm();
                 None
             }
-            Ok(Fetched::Snapshot { body, gzip }) => {
+            Ok(Fetched::Snapshot { body, gzip, view }) => {
                 // Parsing and compiling a large snapshot takes a while: off the runtime's
                 // threads, so requests are not held up behind it, and fed as it arrives.
                 let (chunks, received) = mpsc::channel(4);
@@ -89,6 +122,9 @@ pub async fn poll(endpoint: Endpoint, installer: Installer) {
                 });
                 pump(body, chunks).await;
                 let installed = parsing.await.unwrap_or(false);
+                if installed {
+                    installed_view = view;
+                }
                 // The control plane answered either way; a snapshot it keeps sending and we
                 // keep refusing must not be fetched in a tight loop.
                 installer.current.confirm();
@@ -116,12 +152,17 @@ async fn fetch(
     namespace: &str,
     revision: i64,
     epoch: &str,
+    view: &str,
 ) -> Result<Fetched, FeedError> {
-    let path = format!(
+    let mut path = format!(
         "{SNAPSHOTS_PATH}{}?revision={revision}&epoch={}&wait={WAIT_SECONDS}",
         utf8_percent_encode(namespace, NON_ALPHANUMERIC),
         utf8_percent_encode(epoch, NON_ALPHANUMERIC),
     );
+    if !view.is_empty() {
+        path.push_str("&view=");
+        path.extend(utf8_percent_encode(view, NON_ALPHANUMERIC));
+    }
     let mut request =
         Request::get(endpoint.uri(&path)?).header(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
     if let Some(authorization) = endpoint.authorization().await? {
@@ -141,6 +182,7 @@ async fn fetch(
                 Some(other) => return Err(FeedError::Encoding(String::from_utf8_lossy(other.as_bytes()).into())),
             };
             Ok(Fetched::Snapshot {
+                view: View::from_headers(response.headers()),
                 body: response.into_body(),
                 gzip,
             })
@@ -296,6 +338,25 @@ mod tests {
                             if gzipped {
                                 response = response.header(header::CONTENT_ENCODING, "gzip");
                             }
+                            // A snapshot's epoch, revision and view (`v<revision>`), as the
+                            // control plane sends them.
+                            let plain = if gzipped {
+                                let mut out = Vec::new();
+                                flate2::read::GzDecoder::new(&body[..])
+                                    .read_to_end(&mut out)
+                                    .map(|_| out)
+                                    .ok()
+                            } else {
+                                Some(body.clone())
+                            };
+                            if status == StatusCode::OK
+                                && let Some(s) = plain.and_then(|b| serde_json::from_slice::<Snapshot>(&b).ok())
+                            {
+                                response = response
+                                    .header(EPOCH_HEADER, s.epoch)
+                                    .header(REVISION_HEADER, s.revision)
+                                    .header(VIEW_HEADER, format!("v{}", s.revision));
+                            }
                             Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from(body))).unwrap())
                         }
                     });
@@ -344,7 +405,11 @@ mod tests {
         assert_eq!((installed.epoch.as_str(), installed.revision), ("ep/1", 5));
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].0, "/api/v1/snapshots/shop?revision=-1&epoch=&wait=30");
-        assert_eq!(seen[1].0, "/api/v1/snapshots/shop?revision=5&epoch=ep%2F1&wait=30");
+        // The view of the snapshot in force goes back with the next poll.
+        assert_eq!(
+            seen[1].0,
+            "/api/v1/snapshots/shop?revision=5&epoch=ep%2F1&wait=30&view=v5"
+        );
         assert!(seen.iter().all(|(_, _, enc)| enc.as_deref() == Some("gzip")));
         assert_eq!(seen[0].1.as_deref(), Some("Bearer tok-123"));
         assert_eq!(seen.last().unwrap().1.as_deref(), Some("Bearer tok-456"));

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use hyper::header::{HeaderName, HeaderValue};
 
 use portcullis_wire::api_key;
-use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole};
+use portcullis_wire::{ApiKeyEntry, OwnerKind, RateLimit, Snapshot, TeamRole, UserEntry};
 
 use super::authz::Identity;
 use super::certs::CertIdentity;
@@ -149,11 +149,12 @@ impl Refusal {
     }
 }
 
-/// One API key, as little as deciding on it takes: 68 bytes, where the wire form with its
-/// strings was several hundred. The owner's name, the namespace and the scope list are
-/// indices into tables the keys share (a hundred thousand keys name a few thousand owners
-/// and a handful of scope lists); the display prefix is the first `prefix_len` characters
-/// of the key itself, so only its length is kept.
+/// One API key, as little as deciding on it takes: 48 bytes, where the wire form with its
+/// strings was several hundred. The owner's name is an index into a table the keys share
+/// (a hundred thousand keys name a few thousand owners); everything else a key says — its
+/// namespace, scopes, roles, teams, where it is honoured, its owner's kind, the length of
+/// its display prefix (the first characters of the key itself) — is one [`Grant`] that
+/// keys share (a hundred thousand keys make a handful of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct KeyRecord {
     hash: [u8; 32],
@@ -161,9 +162,15 @@ struct KeyRecord {
     expires_at: u32,
     revoked_at: u32,
     owner: u32,
+    grant: u32,
+}
+
+/// What many keys say alike. Indices into the shared name and string-list tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Grant {
     namespace: u32,
-    /// Indices into the shared string lists: the key's scopes, the roles and teams it
-    /// carries, the further namespaces that honour it.
+    /// The key's scopes, the roles and teams it carries, the further namespaces that
+    /// honour it.
     scopes: u32,
     roles: u32,
     teams: u32,
@@ -194,6 +201,7 @@ pub struct Keys {
     records: Vec<KeyRecord>,
     names: HashMap<Box<str>, u32>,
     lists: HashMap<Box<[String]>, u32>,
+    grants: HashMap<Grant, u32>,
 }
 
 /// The fields of one wire `ApiKeyEntry`, borrowed.
@@ -218,24 +226,34 @@ impl Keys {
             return;
         };
         let owner = intern(&mut self.names, key.owner_name);
-        let namespace = intern(&mut self.names, key.namespace);
-        let scopes = intern_list(&mut self.lists, key.scopes);
-        let roles = intern_list(&mut self.lists, key.roles);
-        let teams = intern_list(&mut self.lists, key.teams);
-        let honoured_in = intern_list(&mut self.lists, key.honoured_in);
+        let grant = Grant {
+            namespace: intern(&mut self.names, key.namespace),
+            scopes: intern_list(&mut self.lists, key.scopes),
+            roles: intern_list(&mut self.lists, key.roles),
+            teams: intern_list(&mut self.lists, key.teams),
+            honoured_in: intern_list(&mut self.lists, key.honoured_in),
+            kind: key.owner_kind,
+            prefix_len: u8::try_from(key.prefix.len()).unwrap_or(u8::MAX),
+        };
+        let next = u32::try_from(self.grants.len()).unwrap_or(u32::MAX);
+        let grant = *self.grants.entry(grant).or_insert(next);
         self.records.push(KeyRecord {
             hash,
             expires_at: compact_time(key.expires_at),
             revoked_at: compact_time(key.revoked_at),
             owner,
-            namespace,
-            scopes,
-            roles,
-            teams,
-            honoured_in,
-            kind: key.owner_kind,
-            prefix_len: u8::try_from(key.prefix.len()).unwrap_or(u8::MAX),
+            grant,
         });
+    }
+
+    /// Room for `count` more keys, as the control plane announces them (so that the table
+    /// is allocated once, at its size, instead of doubling as keys arrive). Bounded: a
+    /// count is a hint, and a larger one than a snapshot can hold is not believed.
+    pub fn reserve(&mut self, count: u64) {
+        /// The most keys a snapshot within the sidecar's size bound could carry.
+        const MOST: u64 = 2 << 20;
+        self.records
+            .reserve_exact(usize::try_from(count.min(MOST)).unwrap_or(0));
     }
 
     /// The keys of a whole wire snapshot.
@@ -276,6 +294,7 @@ impl Keys {
             records: records.into_boxed_slice(),
             names: table(self.names),
             lists: table(self.lists),
+            grants: table(self.grants),
         }
     }
 }
@@ -312,6 +331,7 @@ struct KeyTable {
     records: Box<[KeyRecord]>,
     names: Box<[Box<str>]>,
     lists: Box<[Box<[String]>]>,
+    grants: Box<[Grant]>,
 }
 
 impl KeyTable {
@@ -362,50 +382,102 @@ pub struct Directory {
     revoked_sessions: HashSet<String>,
 }
 
-impl Directory {
-    /// The directory of a whole wire snapshot (its API keys included).
-    pub fn new(snapshot: &Snapshot) -> Directory {
-        Directory::with_keys(snapshot, Keys::from_entries(&snapshot.api_keys))
+/// Users as they arrive, one at a time (see [`super::received`]): their role and team
+/// lists interned as they come (ten thousand users hold a few dozen lists), so that the
+/// wire form of the users is never held whole.
+#[derive(Default)]
+pub struct Users {
+    records: Vec<UserRecord>,
+    role_lists: HashMap<Box<[String]>, u32>,
+    team_lists: HashMap<Box<[(String, TeamRole)]>, u32>,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users").field("len", &self.records.len()).finish()
+    }
+}
+
+impl Users {
+    pub fn push(&mut self, user: &UserEntry) {
+        let roles = match self.role_lists.get(user.roles.as_slice()) {
+            Some(id) => *id,
+            None => {
+                let id = u32::try_from(self.role_lists.len()).unwrap_or(u32::MAX);
+                self.role_lists.insert(user.roles.clone().into_boxed_slice(), id);
+                id
+            }
+        };
+        let team_list: Box<[(String, TeamRole)]> = user.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
+        let next = u32::try_from(self.team_lists.len()).unwrap_or(u32::MAX);
+        let teams = *self.team_lists.entry(team_list).or_insert(next);
+        self.records.push(UserRecord {
+            name: user.name.as_str().into(),
+            email: user.email.as_str().into(),
+            disabled: user.disabled,
+            roles,
+            teams,
+            principal: OnceLock::new(),
+        });
     }
 
-    /// The directory of `snapshot`'s users and sources, with `keys` (the snapshot's own
-    /// `api_keys` are not looked at: a received snapshot has them in `keys` already).
-    pub fn with_keys(snapshot: &Snapshot, keys: Keys) -> Directory {
+    /// The users of a whole wire snapshot.
+    pub fn from_entries(entries: &[UserEntry]) -> Users {
+        let mut users = Users::default();
+        for user in entries {
+            users.push(user);
+        }
+        users
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+impl Directory {
+    /// The directory of a whole wire snapshot (its users and API keys included).
+    pub fn new(snapshot: &Snapshot) -> Directory {
+        Directory::with_parts(
+            snapshot,
+            Users::from_entries(&snapshot.users),
+            Keys::from_entries(&snapshot.api_keys),
+        )
+    }
+
+    /// The directory of `snapshot`'s roles, sources and sessions, with `users` and `keys`
+    /// (the snapshot's own `users` and `api_keys` are not looked at: a received snapshot
+    /// has them in compact form already).
+    pub fn with_parts(snapshot: &Snapshot, users: Users, keys: Keys) -> Directory {
         let role_scopes: HashMap<&str, &[String]> = snapshot
             .roles
             .iter()
             .map(|r| (r.name.as_str(), r.scopes.as_slice()))
             .collect();
-        let mut role_ids: HashMap<&[String], u32> = HashMap::new();
-        let mut role_sets: Vec<RoleSet> = Vec::new();
-        let mut team_ids: HashMap<Vec<(String, TeamRole)>, u32> = HashMap::new();
-        let mut users: Vec<UserRecord> = Vec::with_capacity(snapshot.users.len());
-        for u in &snapshot.users {
-            let roles = *role_ids.entry(u.roles.as_slice()).or_insert_with(|| {
-                let scopes: BTreeSet<&String> = u
-                    .roles
+        let Users {
+            records: mut users,
+            role_lists,
+            team_lists,
+        } = users;
+        // Each role list with the scopes its roles grant, now that the roles are known.
+        let role_sets: Box<[RoleSet]> = table(role_lists)
+            .into_iter()
+            .map(|roles| {
+                let scopes: BTreeSet<&String> = roles
                     .iter()
                     .filter_map(|r| role_scopes.get(r.as_str()))
                     .flat_map(|s| s.iter())
                     .collect();
-                role_sets.push(RoleSet {
-                    roles: u.roles.clone().into_boxed_slice(),
+                RoleSet {
                     scopes: scopes.into_iter().cloned().collect(),
-                });
-                u32::try_from(role_sets.len() - 1).unwrap_or(u32::MAX)
-            });
-            let team_list: Vec<(String, TeamRole)> = u.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
-            let next = u32::try_from(team_ids.len()).unwrap_or(u32::MAX);
-            let teams = *team_ids.entry(team_list).or_insert(next);
-            users.push(UserRecord {
-                name: u.name.as_str().into(),
-                email: u.email.as_str().into(),
-                disabled: u.disabled,
-                roles,
-                teams,
-                principal: OnceLock::new(),
-            });
-        }
+                    roles,
+                }
+            })
+            .collect();
         users.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         // A name listed twice: the first one counts, as a lookup would find one of them.
         users.dedup_by(|a, b| a.name == b.name);
@@ -439,8 +511,8 @@ impl Directory {
         Directory {
             keys: keys.finish(),
             users: users.into_boxed_slice(),
-            role_sets: role_sets.into_boxed_slice(),
-            team_sets: table(team_ids).into_iter().map(Vec::into_boxed_slice).collect(),
+            role_sets,
+            team_sets: table(team_lists),
             emails: emails.into_boxed_slice(),
             sources,
             revoked_sessions,
@@ -471,19 +543,20 @@ impl Directory {
         if reached(entry.expires_at, now) {
             return Err(Refusal::Expired);
         }
-        if self.keys.name(entry.namespace) != namespace
-            && !self.keys.list(entry.honoured_in).iter().any(|n| n == namespace)
+        let grant = self.keys.grants.get(entry.grant as usize).ok_or(Refusal::Unknown)?;
+        if self.keys.name(grant.namespace) != namespace
+            && !self.keys.list(grant.honoured_in).iter().any(|n| n == namespace)
         {
             return Err(Refusal::WrongNamespace);
         }
-        let scopes = self.keys.list(entry.scopes);
+        let scopes = self.keys.list(grant.scopes);
         let owner = self.keys.name(entry.owner);
-        let mut principal = match entry.kind {
+        let mut principal = match grant.kind {
             OwnerKind::User => {
                 let mut user = (*self.user(owner)?).clone();
                 // A key carries what it grants and its owner still holds: its scopes
                 // always, roles and team roles only those the APIKey asked for.
-                let (roles, teams) = (self.keys.list(entry.roles), self.keys.list(entry.teams));
+                let (roles, teams) = (self.keys.list(grant.roles), self.keys.list(grant.teams));
                 user.scopes.retain(|s| scopes.contains(s));
                 user.roles.retain(|r| roles.contains(r));
                 user.teams.retain(|(team, _)| teams.contains(team));
@@ -491,11 +564,11 @@ impl Directory {
             }
             OwnerKind::Source => Principal {
                 scopes: scopes.to_vec(),
-                ..(*self.source(self.keys.name(entry.namespace), owner)?).clone()
+                ..(*self.source(self.keys.name(grant.namespace), owner)?).clone()
             },
         };
         // The prefix is the key's first characters (all ASCII: checked above).
-        principal.key_prefix = Some(presented[..usize::from(entry.prefix_len).min(presented.len())].to_string());
+        principal.key_prefix = Some(presented[..usize::from(grant.prefix_len).min(presented.len())].to_string());
         Ok(Arc::new(principal))
     }
 
@@ -866,14 +939,41 @@ mod tests {
 
     #[test]
     fn a_key_is_compact_and_its_prefix_the_keys_own() {
-        // What a hundred thousand keys cost: 6.8 MB, where their wire form was about 40.
-        assert_eq!(std::mem::size_of::<KeyRecord>(), 68);
+        // What a hundred thousand keys cost: 4.8 MB, where their wire form was about 40.
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 48);
         let bob = directory().api_key("pck_bob", "shop", NOW).unwrap();
         assert_eq!(bob.key_prefix.as_deref(), Some("pck_bob"));
         assert_eq!(compact_time(None), 0);
         assert_eq!(compact_time(Some(-5)), 1);
         assert_eq!(compact_time(Some(i64::MAX)), u32::MAX);
         assert!(reached(1, NOW) && !reached(0, NOW) && !reached(u32::MAX, NOW));
+    }
+
+    #[test]
+    fn keys_alike_share_one_grant_and_an_announced_count_is_allocated_once() {
+        let mut keys = Keys::default();
+        keys.reserve(1000);
+        let capacity = keys.records.capacity();
+        assert!(capacity >= 1000);
+        for i in 0..1000 {
+            keys.push(KeyFields {
+                key_hash: &api_key::hash_hex(&format!("pck_{i}")),
+                prefix: "pck_",
+                namespace: "shop",
+                owner_kind: OwnerKind::User,
+                owner_name: if i % 2 == 0 { "bob" } else { "eve" },
+                scopes: vec!["read".into()],
+                roles: Vec::new(),
+                teams: Vec::new(),
+                honoured_in: Vec::new(),
+                expires_at: None,
+                revoked_at: Some(NOW),
+            });
+        }
+        assert_eq!(keys.records.capacity(), capacity, "filled without growing");
+        let table = keys.finish();
+        assert_eq!((table.records.len(), table.grants.len()), (1000, 1));
+        assert_eq!(table.names.len(), 3, "bob, eve and shop");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use portcullis_wire::api::UnknownKid;
-use portcullis_wire::{ClaimSource, JwtIssuer, JwtKey};
+use portcullis_wire::{ClaimNames, ClaimSource, JwtIssuer, JwtKey, TeamRole};
 
 use super::identity::Principal;
 use serde::Deserialize;
@@ -79,6 +79,8 @@ struct Key {
     issuer: String,
     leeway: i64,
     source: ClaimSource,
+    /// Which claims hold roles, scopes, teams and e-mail (shared by the issuer's keys).
+    names: Arc<ClaimNames>,
 }
 
 struct Entry {
@@ -143,8 +145,9 @@ impl Verifier {
                 ));
                 continue;
             }
+            let names = Arc::new(cfg.claim_names.clone());
             for (index, key) in cfg.keys.iter().enumerate() {
-                match build_key(key, cfg) {
+                match build_key(key, cfg, names.clone()) {
                     Ok(key) => keys.push(key),
                     Err(why) => {
                         let name = key
@@ -238,7 +241,7 @@ impl Verifier {
     }
 
     fn check(&self, token: &str, key: &Key, now: i64) -> Result<Entry, JwtRefusal> {
-        let payload = jsonwebtoken::decode::<Payload>(token, &key.decoding, &key.validation)
+        let mut payload = jsonwebtoken::decode::<Payload>(token, &key.decoding, &key.validation)
             .map_err(refusal)?
             .claims;
         // jsonwebtoken also accepts an `iss` array holding ours; we want exactly ours.
@@ -259,25 +262,45 @@ impl Verifier {
             return Err(JwtRefusal::NotYetValid);
         }
         let subject = payload.sub.filter(|s| !s.is_empty()).ok_or(JwtRefusal::Malformed)?;
-        let scopes = match payload.scope {
-            Some(scope) => scope.into_strings(true),
-            None => payload.scp.map_or_else(Vec::new, |scp| scp.into_strings(true)),
+        let names = &*key.names;
+        let mut claim = |name: &str| payload.rest.remove(name);
+        let scopes = match claim(&names.scopes) {
+            Some(scope) => strings(scope, true),
+            // OAuth's `scope`, or the `scp` some issuers use instead.
+            None if names.scopes == "scope" => claim("scp").map_or_else(Vec::new, |scp| strings(scp, true)),
+            None => Vec::new(),
         };
-        let roles = payload.roles.map_or_else(Vec::new, |roles| roles.into_strings(false));
+        let roles = claim(&names.roles).map_or_else(Vec::new, |roles| strings(roles, false));
         // An e-mail is only an identity once the issuer verified it.
-        let email = payload
-            .email
-            .filter(|_| payload.email_verified.as_ref().is_some_and(Verified::is_true));
+        let email = match claim(&names.email) {
+            Some(serde_json::Value::String(email))
+                if payload.email_verified.as_ref().is_some_and(Verified::is_true) =>
+            {
+                Some(email)
+            }
+            _ => None,
+        };
         let bearer = if key.source == ClaimSource::Token {
+            let teams = claim(&names.teams).map_or_else(Vec::new, |teams| strings(teams, false));
             // What the token says reaches the app in headers, where a `,` would add a role
             // and a control byte could end the header: refused, not cleaned.
-            let mut values = std::iter::once(&subject).chain(&roles).chain(&scopes).chain(&email);
+            let mut values = std::iter::once(&subject)
+                .chain(&roles)
+                .chain(&scopes)
+                .chain(&email)
+                .chain(&teams);
             if !values.all(|v| header_safe(v)) {
                 return Err(JwtRefusal::UnsafeClaim);
             }
+            let teams = teams
+                .iter()
+                .map(|t| team(t))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(JwtRefusal::UnsafeClaim)?;
             Some(Arc::new(Principal {
                 roles: roles.clone(),
                 scopes: scopes.clone(),
+                teams,
                 ..Principal::named(format!("{}#{subject}", key.issuer), subject.clone(), email.clone())
             }))
         } else {
@@ -340,7 +363,7 @@ impl Verifier {
     }
 }
 
-fn build_key(key: &JwtKey, cfg: &JwtIssuer) -> Result<Key, &'static str> {
+fn build_key(key: &JwtKey, cfg: &JwtIssuer, names: Arc<ClaimNames>) -> Result<Key, &'static str> {
     let alg: Algorithm = key.alg.parse().map_err(|_| "unsupported alg")?;
     let family = alg.family();
     let has_public = key.pem.is_some() || key.n.is_some() || key.e.is_some() || key.x.is_some() || key.y.is_some();
@@ -394,6 +417,7 @@ fn build_key(key: &JwtKey, cfg: &JwtIssuer) -> Result<Key, &'static str> {
         issuer: cfg.issuer.clone(),
         leeway: i64::from(cfg.leeway_seconds),
         source: cfg.claims,
+        names,
     })
 }
 
@@ -439,7 +463,8 @@ fn header_refusal(token: &str) -> JwtRefusal {
     }
 }
 
-/// The claims we read (absent ones are `None`). `aud` is left to jsonwebtoken.
+/// The claims we read (absent ones are `None`). `aud` is left to jsonwebtoken. Roles,
+/// scopes, teams and e-mail are in `rest`, under the names the issuer's mapping gives.
 #[derive(Deserialize)]
 struct Payload {
     iss: Option<String>,
@@ -448,12 +473,19 @@ struct Payload {
     nbf: Option<f64>,
     /// Strict: a `sid` we could not read would silently escape session revocation.
     sid: Option<String>,
-    email: Option<String>,
     /// OIDC's `email_verified`: a boolean, or (some issuers) the string `"true"`.
     email_verified: Option<Verified>,
-    roles: Option<Strings>,
-    scope: Option<Strings>,
-    scp: Option<Strings>,
+    #[serde(flatten)]
+    rest: HashMap<String, serde_json::Value>,
+}
+
+/// A team claim's item: `team` (a member) or `team:role`; `None` for another role.
+fn team(item: &str) -> Option<(String, TeamRole)> {
+    match item.split_once(':') {
+        None => Some((item.to_owned(), TeamRole::Member)),
+        Some((team, role)) if !team.is_empty() => Some((team.to_owned(), TeamRole::parse(role)?)),
+        Some(_) => None,
+    }
 }
 
 /// The `email_verified` claim, however the issuer spells it.
@@ -484,30 +516,22 @@ fn header_safe(value: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b';' | b'"' | b'\\'))
 }
 
-/// A claim that should hold strings: one string or an array; anything else contributes nothing.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Strings {
-    One(String),
-    Many(Vec<Strings>),
-    Other(IgnoredAny),
-}
-
-impl Strings {
-    fn into_strings(self, split_one: bool) -> Vec<String> {
-        match self {
-            Self::One(s) if split_one => s.split_whitespace().map(str::to_owned).collect(),
-            Self::One(s) if s.is_empty() => Vec::new(),
-            Self::One(s) => vec![s],
-            Self::Many(items) => items
-                .into_iter()
-                .filter_map(|item| match item {
-                    Self::One(s) => Some(s),
-                    _ => None,
-                })
-                .collect(),
-            Self::Other(_) => Vec::new(),
-        }
+/// A claim that should hold strings: one string (split at whitespace when `split_one`, as
+/// OAuth's `scope` is) or an array, whose strings are taken; anything else contributes nothing.
+fn strings(claim: serde_json::Value, split_one: bool) -> Vec<String> {
+    use serde_json::Value;
+    match claim {
+        Value::String(s) if split_one => s.split_whitespace().map(str::to_owned).collect(),
+        Value::String(s) if s.is_empty() => Vec::new(),
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -608,6 +632,7 @@ dQIDAQAB\n\
             issuer: ISS.into(),
             audiences: vec!["app".into(), "other-app".into()],
             claims: ClaimSource::Token,
+            claim_names: Default::default(),
             leeway_seconds: 30,
             keys,
         }
@@ -1046,6 +1071,59 @@ dQIDAQAB\n\
         assert_eq!(
             v.verify(&hs256(&with(json!({"sid": 42}))), NOW),
             Err(JwtRefusal::Malformed)
+        );
+    }
+
+    #[test]
+    fn an_issuers_claim_mapping_says_where_roles_scopes_teams_and_email_are() {
+        let mut cfg = issuer(vec![hmac("HS256", None, SECRET)]);
+        cfg.claim_names = ClaimNames {
+            roles: "groups".into(),
+            scopes: "permissions".into(),
+            teams: "org_teams".into(),
+            email: "mail".into(),
+        };
+        let (v, problems) = Verifier::new(&[cfg], 16);
+        assert!(problems.is_empty(), "{problems:?}");
+        let token = hs256(&with(json!({
+            "groups": ["admin"], "roles": ["ignored"], "permissions": "read write", "scope": "ignored",
+            "org_teams": ["payments", "search:owner"], "teams": ["ignored"],
+            "mail": "a@example.com", "email": "ignored@example.com", "email_verified": true
+        })));
+        let claims = v.verify(&token, NOW).unwrap();
+        assert_eq!(claims.roles, ["admin"]);
+        assert_eq!(claims.scopes, ["read", "write"]);
+        assert_eq!(claims.email.as_deref(), Some("a@example.com"));
+        let bearer = claims.bearer.as_deref().unwrap();
+        assert_eq!(
+            bearer.teams,
+            [
+                ("payments".to_string(), TeamRole::Member),
+                ("search".to_string(), TeamRole::Owner)
+            ]
+        );
+        // Another name for scopes: no fallback to `scp`.
+        let scp_only = v.verify(&hs256(&with(json!({"scp": ["a"]}))), NOW).unwrap();
+        assert!(scp_only.scopes.is_empty());
+        // A team with a role we do not know, or an unsafe one, refuses the token.
+        for bad in [
+            json!({"org_teams": ["payments:root"]}),
+            json!({"org_teams": ["a,b"]}),
+            json!({"org_teams": [":owner"]}),
+        ] {
+            assert_eq!(
+                v.verify(&hs256(&with(bad.clone())), NOW),
+                Err(JwtRefusal::UnsafeClaim),
+                "{bad}"
+            );
+        }
+        // The default mapping reads `teams`.
+        let default = hs_verifier()
+            .verify(&hs256(&with(json!({"teams": "ops:admin"}))), NOW)
+            .unwrap();
+        assert_eq!(
+            default.bearer.as_deref().unwrap().teams,
+            [("ops".to_string(), TeamRole::Admin)]
         );
     }
 

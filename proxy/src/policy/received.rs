@@ -1,33 +1,42 @@
-//! A snapshot document read as it streams in: everything but the API keys into the wire
-//! types, the keys straight into their compact form ([`Keys`]). A snapshot of 100,000
-//! keys is then never held as a document plus 100,000 `ApiKeyEntry`s plus the compiled
-//! form at once: the caller feeds the parser from the network (or a file) a buffer at a
-//! time, and each key costs its 56 bytes as soon as it is read.
+//! A snapshot document read as it streams in: everything but the users and API keys into
+//! the wire types, those two straight into their compact forms ([`Users`], [`Keys`]). A
+//! snapshot of 10,000 users and 100,000 keys is then never held as a document plus the
+//! wire entries plus the compiled form at once: the caller feeds the parser from the
+//! network (or a file) a buffer at a time, and each key costs its 48 bytes as soon as it
+//! is read.
 //!
 //! The fields are those of [`Snapshot`] (the wire crate's reference): a field this sidecar
-//! does not know is skipped, one that `Snapshot` requires is required here too.
+//! does not know is skipped, one that `Snapshot` requires is required here too. One more
+//! is read: `api_key_count`, which the control plane sends ahead of `api_keys` so that
+//! the key table is allocated once at its size (a 100,000-key table that doubles as it
+//! fills peaks at twice its size while it copies).
 
 use std::fmt;
 
-use portcullis_wire::{OwnerKind, Snapshot};
+use portcullis_wire::{OwnerKind, Snapshot, UserEntry};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::identity::{KeyFields, Keys};
+use super::identity::{KeyFields, Keys, Users};
 
-/// A snapshot as received: its API keys in `keys`, `snapshot.api_keys` empty.
+/// A snapshot as received: its users in `users` and API keys in `keys`,
+/// `snapshot.users` and `snapshot.api_keys` empty.
 #[derive(Debug, Default)]
 pub struct Received {
     pub snapshot: Snapshot,
+    pub users: Users,
     pub keys: Keys,
 }
 
 impl Received {
-    /// A snapshot already in memory (tests, tools), its keys moved to the compact form.
+    /// A snapshot already in memory (tests, tools), its users and keys moved to the
+    /// compact forms.
     pub fn from_snapshot(mut snapshot: Snapshot) -> Received {
         let keys = Keys::from_entries(&snapshot.api_keys);
+        let users = Users::from_entries(&snapshot.users);
         snapshot.api_keys = Vec::new();
-        Received { snapshot, keys }
+        snapshot.users = Vec::new();
+        Received { snapshot, users, keys }
     }
 }
 
@@ -44,6 +53,7 @@ enum Field {
     RevokedSessions,
     Policies,
     JwtIssuers,
+    ApiKeyCount,
     #[serde(other)]
     Other,
 }
@@ -85,7 +95,7 @@ impl<'de> Visitor<'de> for ReceivedVisitor {
                     seen[2] = true;
                 }
                 Field::Users => {
-                    s.users = map.next_value()?;
+                    map.next_value_seed(UserList(&mut received.users))?;
                     seen[3] = true;
                 }
                 Field::ApiKeys => {
@@ -105,6 +115,8 @@ impl<'de> Visitor<'de> for ReceivedVisitor {
                     seen[7] = true;
                 }
                 Field::JwtIssuers => s.jwt_issuers = map.next_value()?,
+                // The control plane's announcement of how many keys follow.
+                Field::ApiKeyCount => received.keys.reserve(map.next_value()?),
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -124,6 +136,32 @@ impl<'de> Visitor<'de> for ReceivedVisitor {
             return Err(de::Error::missing_field(name));
         }
         Ok(received)
+    }
+}
+
+/// The `users` array, each element added to the users as it is read.
+struct UserList<'u>(&'u mut Users);
+
+impl<'de> DeserializeSeed<'de> for UserList<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UserList<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of users")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(user) = seq.next_element::<UserEntry>()? {
+            self.0.push(&user);
+        }
+        Ok(())
     }
 }
 
@@ -267,19 +305,29 @@ mod tests {
                 key(&portcullis_wire::api_key::hash_hex("pck_b"), "alice"),
                 key("not-hex", "bob"),
             ],
+            users: vec![portcullis_wire::UserEntry {
+                name: "alice".into(),
+                email: "alice@example.com".into(),
+                disabled: false,
+                roles: vec!["viewer".into()],
+                teams: Vec::new(),
+            }],
             revoked_sessions: vec!["s".into()],
             ..Default::default()
         };
         let json = serde_json::to_vec(&snapshot).unwrap();
         let received: Received = serde_json::from_reader(&json[..]).unwrap();
         assert_eq!(received.keys.len(), 2, "a hash that is not hex is left out");
-        assert!(received.snapshot.api_keys.is_empty());
+        assert_eq!(received.users.len(), 1);
+        assert!(received.snapshot.api_keys.is_empty() && received.snapshot.users.is_empty());
         let whole = Snapshot {
             api_keys: Vec::new(),
+            users: Vec::new(),
             ..snapshot.clone()
         };
         assert_eq!(received.snapshot, whole);
-        assert_eq!(Received::from_snapshot(snapshot).keys.len(), 2);
+        let from = Received::from_snapshot(snapshot);
+        assert_eq!((from.keys.len(), from.users.len()), (2, 1));
     }
 
     #[test]
@@ -287,6 +335,12 @@ mod tests {
         let json = r#"{"revision":1,"generated_at":0,"roles":[],"users":[],"api_keys":[],"sources":[],
             "revoked_sessions":[],"policies":[],"future":{"x":[1,2]}}"#;
         assert!(serde_json::from_str::<Received>(json).is_ok());
+        // The control plane's count ahead of the keys (a hint; a wrong one changes nothing).
+        let counted = r#"{"revision":1,"generated_at":0,"roles":[],"users":[],"api_key_count":3,"api_keys":[],
+            "sources":[],"revoked_sessions":[],"policies":[]}"#;
+        assert_eq!(serde_json::from_str::<Received>(counted).unwrap().keys.len(), 0);
+        let bad_count = counted.replace("3", "-3");
+        assert!(serde_json::from_str::<Received>(&bad_count).is_err());
         let err = serde_json::from_str::<Received>(r#"{"revision":1}"#).unwrap_err();
         assert!(err.to_string().contains("generated_at"), "{err}");
         let bad_key = r#"{"revision":1,"generated_at":0,"roles":[],"users":[],"sources":[],

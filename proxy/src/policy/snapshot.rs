@@ -9,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use portcullis_wire::{ApiVersion, Cors, JwtIssuer, PathMatching, PolicyRule, Snapshot};
 
 use super::authz::Matcher;
-use super::identity::{Directory, Keys};
+use super::identity::{Directory, Keys, Users};
 use super::jwt::Verifier;
 use super::received::Received;
 
@@ -60,8 +60,9 @@ impl Compiled {
         previous: Option<&Compiled>,
         jwt_cache: usize,
     ) -> Result<(Compiled, Vec<String>), SnapshotError> {
-        Compiled::build_with_keys(
+        Compiled::build_with_parts(
             snapshot,
+            Users::from_entries(&snapshot.users),
             Keys::from_entries(&snapshot.api_keys),
             pod,
             previous,
@@ -69,10 +70,11 @@ impl Compiled {
         )
     }
 
-    /// [`Compiled::build`] with the API keys already in their compact form (a snapshot
-    /// parsed as it streamed in: `snapshot.api_keys` is not looked at).
-    pub fn build_with_keys(
+    /// [`Compiled::build`] with the users and API keys already in their compact forms (a
+    /// snapshot parsed as it streamed in: `snapshot.users` and `.api_keys` are not looked at).
+    pub fn build_with_parts(
         snapshot: &Snapshot,
+        users: Users,
         keys: Keys,
         pod: &Pod,
         previous: Option<&Compiled>,
@@ -137,7 +139,7 @@ impl Compiled {
         let compiled = Compiled {
             revision: snapshot.revision,
             epoch: snapshot.epoch.clone(),
-            directory: Directory::with_keys(snapshot, keys),
+            directory: Directory::with_parts(snapshot, users, keys),
             matcher,
             cors,
             deprecated,
@@ -208,7 +210,7 @@ impl Current {
         pod: &Pod,
         jwt_cache: usize,
     ) -> Result<Vec<String>, SnapshotError> {
-        let Received { snapshot, keys } = received;
+        let Received { snapshot, users, keys } = received;
         let previous = self.load();
         if let Some(prev) = &previous
             && prev.epoch == snapshot.epoch
@@ -222,7 +224,8 @@ impl Current {
                 current: prev.revision,
             });
         }
-        let (compiled, problems) = Compiled::build_with_keys(&snapshot, keys, pod, previous.as_deref(), jwt_cache)?;
+        let (compiled, problems) =
+            Compiled::build_with_parts(&snapshot, users, keys, pod, previous.as_deref(), jwt_cache)?;
         drop(snapshot);
         drop(previous);
         self.compiled.store(Some(Arc::new(compiled)));
@@ -404,6 +407,7 @@ mod tests {
             issuer: "iss".into(),
             audiences: vec!["app".into()],
             claims: Default::default(),
+            claim_names: Default::default(),
             leeway_seconds: 30,
             keys: vec![JwtKey {
                 alg: "HS256".into(),

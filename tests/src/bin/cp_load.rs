@@ -2,10 +2,13 @@
 //!
 //! - `cp_load propagation --backend sqlite|postgres [--database-url URL] [--sidecars 1000]
 //!   [--namespaces 100] [--revocations 100]`: the operator (local mode) as a process,
-//!   N simulated sidecars long-polling it across the namespaces, revocations written to
-//!   the database one after the other; for each, how long until each sidecar holds the
-//!   revision that carries it. Prints
-//!   `RESULT backend=… sidecars=… namespaces=… revocations=… p50_ms=… p99_ms=… peak_rss_mib=… cpu_s_per_revision=…`.
+//!   N simulated sidecars long-polling it across the namespaces (sending back the view
+//!   they hold, as the sidecar does), revocations written to the database one after the
+//!   other; for each, how long until each sidecar it concerns holds the revision that
+//!   carries it. Two kinds, one line each: `api_key` revokes a key of one namespace (its
+//!   sidecars must get it; the others should not even be answered), `user` disables a
+//!   user (every sidecar must get it). Prints
+//!   `RESULT backend=… kind=… sidecars=… namespaces=… revocations=… p50_ms=… p99_ms=… peak_rss_mib=… cpu_s_per_revision=… answered_per_revision=…`.
 //! - `cp_load snapshot [--users 10000] [--api-keys 100000]`: the time to read a snapshot of
 //!   that size and the bytes one namespace's sidecars receive. Prints
 //!   `RESULT snapshot users=… api_keys=… build_ms=… bytes_per_sidecar=… gzip_bytes_per_sidecar=…`.
@@ -55,10 +58,13 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// One simulated sidecar's latest revision and when it arrived (ns since the start).
+/// One simulated sidecar's latest revision, when it arrived (ns since the start), and
+/// how many snapshots it was sent.
 struct Seen {
+    namespace: usize,
     revision: AtomicI64,
     at_ns: AtomicU64,
+    answers: AtomicU64,
 }
 
 async fn propagation(args: &HashMap<String, String>) -> Result<()> {
@@ -72,7 +78,7 @@ async fn propagation(args: &HashMap<String, String>) -> Result<()> {
         (_, Some(url)) => portcullis_e2e::fresh_postgres(url, "cp_load").await?,
         _ => return Err(fail("--database-url is needed for postgres")),
     };
-    // Seed: one user, and for each namespace as many keys as revocations need.
+    // Seed: a user per revocation, and for each namespace as many keys as revocations need.
     let store = Store::open(&DbConfig::from_url(&url).map_err(fail)?)
         .await
         .map_err(fail)?;
@@ -83,6 +89,12 @@ async fn propagation(args: &HashMap<String, String>) -> Result<()> {
         .upsert_user(&UserRow::new("load", "load@example.com").with_roles(["viewer"]))
         .await
         .map_err(fail)?;
+    let users: Vec<UserRow> = (0..revocations)
+        .map(|i| UserRow::new(format!("user-{i}"), format!("user-{i}@example.com")).with_roles(["viewer"]))
+        .collect();
+    for user in &users {
+        store.upsert_user(user).await.map_err(fail)?;
+    }
     let mut hashes = Vec::new();
     for i in 0..revocations.max(namespaces) {
         let hash = portcullis_operator::credentials::sha256_hex(format!("key-{i}").as_bytes());
@@ -119,58 +131,83 @@ async fn propagation(args: &HashMap<String, String>) -> Result<()> {
 
     let started = Instant::now();
     let seen: Vec<Arc<Seen>> = (0..sidecars)
-        .map(|_| {
+        .map(|i| {
             Arc::new(Seen {
+                namespace: i % namespaces,
                 revision: AtomicI64::new(-1),
                 at_ns: AtomicU64::new(0),
+                answers: AtomicU64::new(0),
             })
         })
         .collect();
-    for (i, slot) in seen.iter().enumerate() {
-        let (namespace, token) = tokens[i % namespaces].clone();
+    for slot in &seen {
+        let (namespace, token) = tokens[slot.namespace].clone();
         tokio::spawn(sidecar(plane.api, namespace, token, slot.clone(), started));
     }
     // Every simulated sidecar holds the current revision before the first revocation.
     let current = store.revision().await.map_err(fail)?;
-    wait_all(&seen, current, Duration::from_secs(120)).await?;
+    wait_all(&seen, &|_| true, current, Duration::from_secs(120)).await?;
 
-    let cpu_before = portcullis_e2e::cpu_seconds(pid).unwrap_or(0.0);
-    let mut latencies_ms = Vec::with_capacity(revocations * sidecars);
-    for hash in hashes.iter().take(revocations) {
-        let t0 = started.elapsed();
-        let outcome = store
-            .revoke_api_key(hash, portcullis_wire::unix_now())
-            .await
-            .map_err(fail)?;
-        wait_all(&seen, outcome.revision, Duration::from_secs(30)).await?;
-        for slot in &seen {
-            let at = Duration::from_nanos(slot.at_ns.load(Ordering::Acquire));
-            latencies_ms.push(at.saturating_sub(t0).as_secs_f64() * 1000.0);
+    for kind in ["api_key", "user"] {
+        let cpu_before = portcullis_e2e::cpu_seconds(pid).unwrap_or(0.0);
+        let answers_before: u64 = seen.iter().map(|s| s.answers.load(Ordering::Acquire)).sum();
+        let mut latencies_ms = Vec::new();
+        for i in 0..revocations {
+            let t0 = started.elapsed();
+            let now = portcullis_wire::unix_now();
+            // Which sidecars the revocation concerns: the key's namespace, or all.
+            let (outcome, concerned): (_, Box<dyn Fn(&Seen) -> bool>) = if kind == "api_key" {
+                let outcome = store.revoke_api_key(&hashes[i], now).await.map_err(fail)?;
+                (outcome, Box::new(move |s: &Seen| s.namespace == i % namespaces))
+            } else {
+                let disabled = UserRow {
+                    disabled: true,
+                    ..users[i].clone()
+                };
+                (
+                    store.upsert_user(&disabled).await.map_err(fail)?,
+                    Box::new(|_: &Seen| true),
+                )
+            };
+            wait_all(&seen, &*concerned, outcome.revision, Duration::from_secs(30)).await?;
+            for slot in seen.iter().filter(|s| concerned(s)) {
+                let at = Duration::from_nanos(slot.at_ns.load(Ordering::Acquire));
+                latencies_ms.push(at.saturating_sub(t0).as_secs_f64() * 1000.0);
+            }
         }
+        // Answers still on their way to sidecars that did not need them would be missed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cpu = portcullis_e2e::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+        let answers = seen.iter().map(|s| s.answers.load(Ordering::Acquire)).sum::<u64>() - answers_before;
+        latencies_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            let i = ((latencies_ms.len() as f64 - 1.0) * p).round() as usize;
+            latencies_ms.get(i).copied().unwrap_or(f64::NAN)
+        };
+        println!(
+            "RESULT backend={backend} kind={kind} sidecars={sidecars} namespaces={namespaces} revocations={revocations} p50_ms={:.1} p99_ms={:.1} peak_rss_mib={:.1} cpu_s_per_revision={:.4} answered_per_revision={:.1}",
+            pct(0.50),
+            pct(0.99),
+            portcullis_e2e::peak_rss_mib(pid).unwrap_or(f64::NAN),
+            cpu / revocations.max(1) as f64,
+            answers as f64 / revocations.max(1) as f64,
+        );
     }
-    let cpu = portcullis_e2e::cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-    latencies_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        let i = ((latencies_ms.len() as f64 - 1.0) * p).round() as usize;
-        latencies_ms.get(i).copied().unwrap_or(f64::NAN)
-    };
-    println!(
-        "RESULT backend={backend} sidecars={sidecars} namespaces={namespaces} revocations={revocations} p50_ms={:.1} p99_ms={:.1} peak_rss_mib={:.1} cpu_s_per_revision={:.4}",
-        pct(0.50),
-        pct(0.99),
-        portcullis_e2e::peak_rss_mib(pid).unwrap_or(f64::NAN),
-        cpu / revocations.max(1) as f64,
-    );
     Ok(())
 }
 
-/// Waits until every sidecar holds `revision` (or later).
-async fn wait_all(seen: &[Arc<Seen>], revision: i64, within: Duration) -> Result<()> {
+/// Waits until every sidecar `concerned` holds `revision` (or later).
+async fn wait_all(
+    seen: &[Arc<Seen>],
+    concerned: &dyn Fn(&Seen) -> bool,
+    revision: i64,
+    within: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let behind = seen
             .iter()
-            .filter(|s| s.revision.load(Ordering::Acquire) < revision)
+            .filter(|s| concerned(s) && s.revision.load(Ordering::Acquire) < revision)
             .count();
         if behind == 0 {
             return Ok(());
@@ -186,9 +223,10 @@ async fn wait_all(seen: &[Arc<Seen>], revision: i64, within: Duration) -> Result
 async fn sidecar(api: SocketAddr, namespace: String, token: String, seen: Arc<Seen>, started: Instant) {
     let auth = format!("Bearer {token}");
     let mut epoch = String::new();
+    let mut view = String::new();
     loop {
         let revision = seen.revision.load(Ordering::Acquire);
-        let path = format!("/api/v1/snapshots/{namespace}?revision={revision}&epoch={epoch}&wait=30");
+        let path = format!("/api/v1/snapshots/{namespace}?revision={revision}&epoch={epoch}&view={view}&wait=30");
         match http(api, "GET", &path, &[("Authorization", auth.as_str())], "").await {
             Ok(answer) if answer.status == 200 => {
                 let got: i64 = answer
@@ -196,6 +234,8 @@ async fn sidecar(api: SocketAddr, namespace: String, token: String, seen: Arc<Se
                     .and_then(|r| r.parse().ok())
                     .unwrap_or(revision);
                 epoch = answer.header("portcullis-epoch").unwrap_or_default().to_string();
+                view = answer.header("portcullis-view").unwrap_or_default().to_string();
+                seen.answers.fetch_add(1, Ordering::AcqRel);
                 seen.at_ns.store(
                     u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     Ordering::Release,
