@@ -186,7 +186,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     )));
     background.push(match (&config.snapshot_file, control_plane) {
         (Some(path), _) => tokio::spawn(feed::file::watch(path.clone(), Duration::from_secs(1), installer)),
-        (None, Some(endpoint)) => tokio::spawn(feed::control_plane::poll(endpoint, installer)),
+        (None, Some(endpoint)) => tokio::spawn(feed::control_plane::poll(
+            endpoint,
+            installer,
+            feed::control_plane::poll_wait(config.max_staleness),
+        )),
         (None, None) => return Err(ConfigError::NoSnapshotSource.into()),
     });
 

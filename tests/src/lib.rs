@@ -223,6 +223,17 @@ impl ControlPlane {
         ControlPlane::start_logging(manifests, state, database_url, api, "info").await
     }
 
+    /// [`ControlPlane::start`] with more arguments (`--api-tls-cert …`).
+    pub async fn start_with(
+        manifests: &Path,
+        state: &Path,
+        database_url: Option<&str>,
+        api: SocketAddr,
+        extra: &[&str],
+    ) -> Result<ControlPlane> {
+        ControlPlane::launch(manifests, state, database_url, api, "info", extra)
+    }
+
     /// [`ControlPlane::start`] with its log filter (`RUST_LOG`), e.g. `debug`.
     pub async fn start_logging(
         manifests: &Path,
@@ -231,9 +242,20 @@ impl ControlPlane {
         api: SocketAddr,
         log_filter: &str,
     ) -> Result<ControlPlane> {
+        ControlPlane::launch(manifests, state, database_url, api, log_filter, &[])
+    }
+
+    fn launch(
+        manifests: &Path,
+        state: &Path,
+        database_url: Option<&str>,
+        api: SocketAddr,
+        log_filter: &str,
+        extra: &[&str],
+    ) -> Result<ControlPlane> {
         let binary = binary("portcullis-operator")?;
         std::fs::create_dir_all(state).map_err(|e| fail(e.to_string()))?;
-        let args = vec![
+        let mut args = vec![
             "local".to_string(),
             "--manifests".into(),
             manifests.display().to_string(),
@@ -242,6 +264,7 @@ impl ControlPlane {
             "--api-addr".into(),
             api.to_string(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let database_url = database_url
             .map(str::to_string)
             .unwrap_or_else(|| format!("sqlite://{}/portcullis.db", state.display()));
@@ -343,10 +366,57 @@ impl Sidecar {
         dir: &Path,
         log_filter: &str,
     ) -> Result<Sidecar> {
+        let url = format!("http://{}", plane.api);
+        let sidecar = Sidecar::spawn(
+            &url,
+            &plane.token_path(namespace),
+            namespace,
+            upstream,
+            dir,
+            log_filter,
+            &[],
+        )?;
+        sidecar.ready().await?;
+        Ok(sidecar)
+    }
+
+    /// [`Sidecar::start`] with more arguments (`--max-staleness 3`, …).
+    pub async fn start_with(
+        plane: &ControlPlane,
+        namespace: &str,
+        upstream: SocketAddr,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<Sidecar> {
+        let url = format!("http://{}", plane.api);
+        let sidecar = Sidecar::spawn(
+            &url,
+            &plane.token_path(namespace),
+            namespace,
+            upstream,
+            dir,
+            "info",
+            extra,
+        )?;
+        sidecar.ready().await?;
+        Ok(sidecar)
+    }
+
+    /// Starts `portcullis-proxy` polling the control plane at `url` (`http://` or
+    /// `https://`) with `token_file`, without waiting for it to be ready.
+    pub fn spawn(
+        url: &str,
+        token_file: &Path,
+        namespace: &str,
+        upstream: SocketAddr,
+        dir: &Path,
+        log_filter: &str,
+        extra: &[&str],
+    ) -> Result<Sidecar> {
         let binary = binary("portcullis-proxy")?;
         let listen = free_port()?;
         let admin = free_port()?;
-        let args = vec![
+        let mut args = vec![
             "--listen".to_string(),
             listen.to_string(),
             "--admin-listen".into(),
@@ -354,9 +424,9 @@ impl Sidecar {
             "--upstream".into(),
             format!("http://{upstream}"),
             "--control-plane".into(),
-            format!("http://{}", plane.api),
+            url.into(),
             "--control-plane-token-file".into(),
-            plane.token_path(namespace).display().to_string(),
+            token_file.display().to_string(),
             "--namespace".into(),
             namespace.into(),
             "--pod-label".into(),
@@ -364,9 +434,15 @@ impl Sidecar {
             "--log".into(),
             log_filter.into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = dir.join(format!("proxy-{}.log", listen.port()));
         let process = Process::spawn(&binary, &args, &[], log)?;
-        let sidecar = Sidecar { process, listen, admin };
+        Ok(Sidecar { process, listen, admin })
+    }
+
+    /// Waits until the sidecar's `/readyz` says it holds a snapshot.
+    pub async fn ready(&self) -> Result<()> {
+        let admin = self.admin;
         let ready = until(Duration::from_secs(30), || async move {
             http(admin, "GET", "/readyz", &[], "")
                 .await
@@ -374,8 +450,8 @@ impl Sidecar {
         })
         .await;
         match ready {
-            Some(_) => Ok(sidecar),
-            None => Err(fail(format!("sidecar not ready:\n{}", sidecar.process.output()))),
+            Some(_) => Ok(()),
+            None => Err(fail(format!("sidecar not ready:\n{}", self.process.output()))),
         }
     }
 

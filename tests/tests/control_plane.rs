@@ -23,6 +23,11 @@ struct Setup {
 }
 
 async fn setup(database_url: Option<&str>, extra_manifests: &[(&str, String)]) -> Setup {
+    setup_with(database_url, extra_manifests, &[]).await
+}
+
+/// [`setup`] with more arguments for each sidecar.
+async fn setup_with(database_url: Option<&str>, extra_manifests: &[(&str, String)], sidecar_args: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     copy_examples(&manifests).unwrap();
@@ -41,7 +46,11 @@ async fn setup(database_url: Option<&str>, extra_manifests: &[(&str, String)]) -
     let app = upstream().await.unwrap();
     let mut sidecars = Vec::new();
     for _ in 0..3 {
-        sidecars.push(Sidecar::start(&plane, "shop", app, dir.path()).await.unwrap());
+        sidecars.push(
+            Sidecar::start_with(&plane, "shop", app, dir.path(), sidecar_args)
+                .await
+                .unwrap(),
+        );
     }
     let key = plane.api_key("shop", "bob-cli-apikey").unwrap();
     Setup {
@@ -152,6 +161,128 @@ async fn postgres_revocations_reach_every_sidecar_within_a_second() {
     let base = std::env::var("TEST_POSTGRES_URL").expect("TEST_POSTGRES_URL");
     let url = portcullis_e2e::fresh_postgres(&base, "e2e_revocations").await.unwrap();
     revocations_reach_every_sidecar_within_a_second(Some(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_maximum_staleness_sidecars_answer_503_until_the_control_plane_is_back() {
+    let _serial = SERIAL.lock().await;
+    let mut setup = setup_with(None, &[], &["--max-staleness", "3"]).await;
+    // Healthy and idle for longer than the maximum: each poll is answered within it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for sidecar in &setup.sidecars {
+        let answer = sidecar
+            .get("/api/v1/items", &[("X-API-Key", setup.key.as_str())])
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "a healthy sidecar went stale: {}", answer.text());
+    }
+    setup.plane.process.stop().await;
+    let stale = all_answer(&setup, 503, Duration::from_secs(8)).await;
+    assert!(stale.is_some(), "past --max-staleness, requests are refused");
+    let answer = setup.sidecars[0]
+        .get("/api/v1/items", &[("X-API-Key", setup.key.as_str())])
+        .await
+        .unwrap();
+    assert!(answer.text().contains("policy_stale"), "{}", answer.text());
+    let plane = ControlPlane::start(&setup.plane.manifests, &setup.plane.state, None, setup.plane.api)
+        .await
+        .unwrap();
+    plane.ready("shop").await.unwrap();
+    setup.plane = plane;
+    // Backoff while it was down is a few seconds at most here.
+    assert!(
+        all_answer(&setup, 200, Duration::from_secs(35)).await.is_some(),
+        "sidecars did not come back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_trusts_the_control_plane_only_through_the_ca_it_is_given() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (ours, theirs) = (ca("control plane CA"), ca("another CA"));
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ours).unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("api.crt"), cert.pem()).unwrap();
+    std::fs::write(path("api.key"), key.serialize_pem()).unwrap();
+    std::fs::write(path("ours.pem"), ours.pem()).unwrap();
+    std::fs::write(path("theirs.pem"), theirs.pem()).unwrap();
+
+    let manifests = path("manifests");
+    copy_examples(&manifests).unwrap();
+    let crt = path("api.crt").display().to_string();
+    let key_file = path("api.key").display().to_string();
+    let plane = ControlPlane::start_with(
+        &manifests,
+        &path("state"),
+        None,
+        free_port().unwrap(),
+        &["--api-tls-cert", &crt, "--api-tls-key", &key_file],
+    )
+    .await
+    .unwrap();
+    let url = format!("https://{}", plane.api);
+    let app = upstream().await.unwrap();
+    // Local mode writes the token file once it has read the manifests.
+    let token = plane.token_path("shop");
+    assert!(
+        until(Duration::from_secs(60), || async { token.exists() })
+            .await
+            .is_some(),
+        "{}",
+        plane.process.output()
+    );
+    let start = |ca: &str| {
+        let ca = path(ca).display().to_string();
+        Sidecar::spawn(
+            &url,
+            &token,
+            "shop",
+            app,
+            dir.path(),
+            "info",
+            &["--control-plane-ca", &ca],
+        )
+        .unwrap()
+    };
+    let trusting = start("ours.pem");
+    let fooled = start("theirs.pem");
+    trusting.ready().await.unwrap();
+    let key = plane.api_key("shop", "bob-cli-apikey").unwrap();
+    let read = |sidecar: &Sidecar| {
+        let key = key.clone();
+        let listen = sidecar.listen;
+        async move {
+            http(listen, "GET", "/api/v1/items", &[("X-API-Key", key.as_str())], "")
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(read(&trusting).await, 200);
+    // The other CA never gets a snapshot from this control plane: nothing is let through.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(read(&fooled).await, 503);
+    assert_eq!(
+        fooled.metric("portcullis_proxy_snapshot_revision").await.unwrap_or(0.0),
+        0.0
+    );
+    assert!(
+        fooled.process.output().contains("cannot fetch snapshot"),
+        "{}",
+        fooled.process.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,8 @@ use crate::control_plane::{ChannelError, Connector, Endpoint};
 /// Largest snapshot accepted, once inflated (a policy of 100,000 API keys is about 30 MiB):
 /// a compressed answer that inflates past it is refused, not held.
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
-/// Seconds the control plane is asked to hold the poll (at most `MAX_WAIT_SECONDS`).
+/// Seconds the control plane is asked to hold the poll (at most `MAX_WAIT_SECONDS`),
+/// unless a maximum staleness asks for less (see [`poll_wait`]).
 const WAIT_SECONDS: u64 = 30;
 /// A poll that brings no answer this long after it was sent has failed.
 const POLL_TIMEOUT: Duration = Duration::from_secs(WAIT_SECONDS + 15);
@@ -84,10 +85,18 @@ impl View {
     }
 }
 
-/// Long-polls the control plane: answers with a snapshot are installed, 304s confirm the
-/// one in force (both reset the staleness clock). Errors, and snapshots that are refused,
-/// back off exponentially (to 30 s) and keep the last good snapshot in force.
-pub async fn poll(endpoint: Endpoint, installer: Installer) {
+/// How long each poll asks the control plane to hold it, in seconds: 30, or a third of
+/// the maximum staleness (at least 1) — a healthy sidecar is confirmed by the answer to
+/// each poll, so with nothing changing it must hear back well within the maximum.
+pub fn poll_wait(max_staleness: Option<Duration>) -> u64 {
+    max_staleness.map_or(WAIT_SECONDS, |max| (max.as_secs() / 3).clamp(1, WAIT_SECONDS))
+}
+
+/// Long-polls the control plane, asking it to hold each poll `wait` seconds: answers with
+/// a snapshot are installed, 304s confirm the one in force (both reset the staleness
+/// clock). Errors, and snapshots that are refused, back off exponentially (to 30 s) and
+/// keep the last good snapshot in force.
+pub async fn poll(endpoint: Endpoint, installer: Installer, wait: u64) {
     let client: Client<Connector, Empty<Bytes>> = endpoint.client();
     let mut backoff = FIRST_BACKOFF;
     // The view of the last snapshot installed from the control plane.
@@ -100,7 +109,14 @@ pub async fn poll(endpoint: Endpoint, installer: Installer) {
             .as_ref()
             .filter(|v| v.revision == revision && v.epoch == epoch)
             .map_or("", |v| v.digest.as_str());
-        let fetched = fetch(&client, &endpoint, &installer.pod.namespace, revision, epoch, view).await;
+        let fetched = fetch(
+            &client,
+            &endpoint,
+            &installer.pod.namespace,
+            (revision, epoch, view),
+            wait,
+        )
+        .await;
         drop(held);
         let failure = match fetched {
             Ok(Fetched::Unchanged) => {
@@ -150,12 +166,11 @@ async fn fetch(
     client: &Client<Connector, Empty<Bytes>>,
     endpoint: &Endpoint,
     namespace: &str,
-    revision: i64,
-    epoch: &str,
-    view: &str,
+    (revision, epoch, view): (i64, &str, &str),
+    wait: u64,
 ) -> Result<Fetched, FeedError> {
     let mut path = format!(
-        "{SNAPSHOTS_PATH}{}?revision={revision}&epoch={}&wait={WAIT_SECONDS}",
+        "{SNAPSHOTS_PATH}{}?revision={revision}&epoch={}&wait={wait}",
         utf8_percent_encode(namespace, NON_ALPHANUMERIC),
         utf8_percent_encode(epoch, NON_ALPHANUMERIC),
     );
@@ -394,7 +409,7 @@ mod tests {
         let installer = installer();
         let current = installer.current.clone();
         let endpoint = Endpoint::new(&base, None, Some(token_file.clone())).unwrap();
-        let poller = tokio::spawn(poll(endpoint, installer));
+        let poller = tokio::spawn(poll(endpoint, installer, WAIT_SECONDS));
         until(|| seen.lock().unwrap().len() >= 3).await;
         // The projected token rotates on disk: the next poll presents the new one.
         std::fs::write(&token_file, "tok-456").unwrap();
@@ -431,13 +446,25 @@ mod tests {
         let (base, _seen) = control_plane(script).await;
         let installer = installer();
         let current = installer.current.clone();
-        let poller = tokio::spawn(poll(Endpoint::new(&base, None, None).unwrap(), installer.clone()));
+        let poller = tokio::spawn(poll(
+            Endpoint::new(&base, None, None).unwrap(),
+            installer.clone(),
+            WAIT_SECONDS,
+        ));
         until(|| current.load().is_some_and(|c| c.epoch == "new")).await;
         poller.abort();
         assert_eq!(current.load().map(|c| c.revision), Some(3));
         // Within the new epoch, an older revision is refused.
         assert!(!installer.apply(&document("new", 2), "test"));
         assert!(installer.apply(&document("new", 4), "test"));
+    }
+
+    #[test]
+    fn a_maximum_staleness_shortens_the_poll_to_a_third_of_it() {
+        assert_eq!(poll_wait(None), 30);
+        assert_eq!(poll_wait(Some(Duration::from_secs(600))), 30);
+        assert_eq!(poll_wait(Some(Duration::from_secs(10))), 3);
+        assert_eq!(poll_wait(Some(Duration::from_secs(2))), 1);
     }
 
     #[test]
@@ -476,7 +503,7 @@ mod tests {
         let installer = installer();
         let metrics = installer.metrics.clone();
         let current = installer.current.clone();
-        let poller = tokio::spawn(poll(Endpoint::new(&base, None, None).unwrap(), installer));
+        let poller = tokio::spawn(poll(Endpoint::new(&base, None, None).unwrap(), installer, WAIT_SECONDS));
         until(|| seen.lock().unwrap().len() >= 3).await;
         poller.abort();
         assert_eq!(current.load().map(|c| c.revision), Some(1));
