@@ -661,9 +661,59 @@ async fn snapshot_holds_what_sidecars_need(store: &Store) {
         })
         .await
         .unwrap();
+    // Keys with every field set, inserted out of hash order; one revoked an hour ago
+    // (still shipped, so that a refusal can say "revoked").
+    let granted = ApiKeyRow {
+        namespace: "shop".into(),
+        roles: vec!["viewer".into()],
+        teams: vec!["platform".into()],
+        honoured_in: vec!["web".into(), "billing".into()],
+        scopes: vec!["write".into(), "read".into()],
+        expires_at: Some(now + 3600),
+        ..key(&"c".repeat(64), "granted", "bob")
+    };
+    store.insert_api_key(&granted).await.unwrap();
+    let recently_revoked = ApiKeyRow {
+        revoked_at: Some(now - 3600),
+        ..key(&"a".repeat(64), "recently-revoked", "alice")
+    };
+    store.insert_api_key(&recently_revoked).await.unwrap();
 
     let snapshot = store.read_snapshot(now).await.unwrap();
     assert_eq!(snapshot.revision, store.revision().await.unwrap());
+    // Exactly the keys in force or revoked within the day, by hash, every field as stored.
+    let entry = |k: &ApiKeyRow| {
+        let mut sorted = k.clone();
+        for list in [
+            &mut sorted.scopes,
+            &mut sorted.roles,
+            &mut sorted.teams,
+            &mut sorted.honoured_in,
+        ] {
+            list.sort();
+        }
+        portcullis_wire::ApiKeyEntry {
+            key_hash: sorted.key_hash,
+            prefix: sorted.prefix,
+            namespace: sorted.namespace,
+            owner_kind: sorted.owner_kind,
+            owner_name: sorted.owner_name,
+            scopes: sorted.scopes,
+            roles: sorted.roles,
+            teams: sorted.teams,
+            honoured_in: sorted.honoured_in,
+            expires_at: sorted.expires_at,
+            revoked_at: sorted.revoked_at,
+        }
+    };
+    assert_eq!(
+        snapshot.api_keys,
+        vec![
+            entry(&recently_revoked),
+            entry(&granted),
+            entry(&key(&"f".repeat(64), "live", "bob")),
+        ]
+    );
     assert_eq!(
         snapshot.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["admin", "viewer"]
@@ -674,10 +724,6 @@ async fn snapshot_holds_what_sidecars_need(store: &Store) {
     assert_eq!(
         (bob.teams[0].team.as_str(), bob.teams[0].role),
         ("platform", TeamRole::Member)
-    );
-    assert_eq!(
-        snapshot.api_keys.iter().map(|k| k.key_hash.clone()).collect::<Vec<_>>(),
-        vec!["f".repeat(64)]
     );
     assert_eq!(snapshot.policies.len(), 1);
     assert_eq!(snapshot.policies[0].rules, policy().rules);

@@ -295,10 +295,24 @@ pub fn check_listen(addr: SocketAddr, tls: Option<&tls::TlsFiles>) -> Result<(),
 /// Binds `addr` (see [`check_listen`]).
 pub async fn bind(addr: SocketAddr, tls: Option<&tls::TlsFiles>) -> Result<tokio::net::TcpListener, Error> {
     check_listen(addr, tls)?;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // Every sidecar of the cluster reconnects at once when a replica restarts: a
+        // short accept queue drops their SYNs, and each dropped one costs a second (the
+        // first retransmission). The kernel caps this at net.core.somaxconn.
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|source| Error::Bind { addr, source })
 }
+
+/// Connections waiting to be accepted (tokio's default is 1,024).
+const LISTEN_BACKLOG: u32 = 8192;
 
 /// Serves `router` on `listener` (TLS when `tls` is given) until `shutdown`, then lets
 /// requests in flight finish for a few seconds (long polls are cut: sidecars retry).
