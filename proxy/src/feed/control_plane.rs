@@ -140,6 +140,8 @@ pub async fn poll(endpoint: Endpoint, installer: Installer, wait: u64) {
                 let installed = parsing.await.unwrap_or(false);
                 if installed {
                     installed_view = view;
+                    // The buffers the document arrived in were this thread's.
+                    super::release_memory();
                 }
                 // The control plane answered either way; a snapshot it keeps sending and we
                 // keep refusing must not be fetched in a tight loop.

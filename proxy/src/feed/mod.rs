@@ -6,13 +6,35 @@
 pub mod control_plane;
 pub mod file;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::policy::received::Received;
 use crate::policy::snapshot::{Current, Pod};
+
+/// Hands memory freed by an install back to the system at once. Set by the binary, which
+/// knows its allocator (the library does not); unset in tests.
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what runs after each install, on the installing thread and on the thread that
+/// received the document. A snapshot of 100,000 keys is megabytes freed at once — the
+/// old one, the parse's buffers, the network buffers the document arrived in — on
+/// threads that then sleep: an allocator that returns pages lazily, on that thread's
+/// next call, would keep them resident until the next install (and count them into the
+/// next install's peak). Measured with 10,000 users and 100,000 keys
+/// (bench/sidecar_memory.sh): 1.8 MiB less resident after an install, 0.8 MiB less peak.
+pub fn release_memory_with(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
+/// Runs the release set by [`release_memory_with`] on this thread, if any.
+fn release_memory() {
+    if let Some(release) = RELEASE_MEMORY.get() {
+        release();
+    }
+}
 
 /// Where the feed installs snapshots: the snapshot in force, compiled for this pod, with
 /// every update counted.
@@ -66,6 +88,7 @@ impl Installer {
                 self.metrics.snapshot_updates.with_label_values(&["installed"]).inc();
                 self.metrics.snapshot_revision.set(revision);
                 info!(feed = origin, revision, epoch = %epoch, "snapshot installed");
+                release_memory();
                 true
             }
             Err(e) => {

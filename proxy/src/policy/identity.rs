@@ -211,10 +211,10 @@ pub struct KeyFields<'a> {
     pub namespace: &'a str,
     pub owner_kind: OwnerKind,
     pub owner_name: &'a str,
-    pub scopes: Vec<String>,
-    pub roles: Vec<String>,
-    pub teams: Vec<String>,
-    pub honoured_in: Vec<String>,
+    pub scopes: &'a [String],
+    pub roles: &'a [String],
+    pub teams: &'a [String],
+    pub honoured_in: &'a [String],
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
@@ -266,10 +266,10 @@ impl Keys {
                 namespace: &e.namespace,
                 owner_kind: e.owner_kind,
                 owner_name: &e.owner_name,
-                scopes: e.scopes.clone(),
-                roles: e.roles.clone(),
-                teams: e.teams.clone(),
-                honoured_in: e.honoured_in.clone(),
+                scopes: &e.scopes,
+                roles: &e.roles,
+                teams: &e.teams,
+                honoured_in: &e.honoured_in,
                 expires_at: e.expires_at,
                 revoked_at: e.revoked_at,
             });
@@ -300,12 +300,12 @@ impl Keys {
 }
 
 /// A list of names, shared by every key with the same (keys repeat a few lists).
-fn intern_list(lists: &mut HashMap<Box<[String]>, u32>, list: Vec<String>) -> u32 {
-    if let Some(id) = lists.get(list.as_slice()) {
+fn intern_list<T: Clone + Eq + std::hash::Hash>(lists: &mut HashMap<Box<[T]>, u32>, list: &[T]) -> u32 {
+    if let Some(id) = lists.get(list) {
         return *id;
     }
     let id = u32::try_from(lists.len()).unwrap_or(u32::MAX);
-    lists.insert(list.into_boxed_slice(), id);
+    lists.insert(list.into(), id);
     id
 }
 
@@ -398,22 +398,24 @@ impl std::fmt::Debug for Users {
     }
 }
 
+/// The fields of one wire `UserEntry`, borrowed.
+pub struct UserFields<'a> {
+    pub name: &'a str,
+    pub email: &'a str,
+    pub disabled: bool,
+    pub roles: &'a [String],
+    pub teams: &'a [(String, TeamRole)],
+}
+
 impl Users {
-    pub fn push(&mut self, user: &UserEntry) {
-        let roles = match self.role_lists.get(user.roles.as_slice()) {
-            Some(id) => *id,
-            None => {
-                let id = u32::try_from(self.role_lists.len()).unwrap_or(u32::MAX);
-                self.role_lists.insert(user.roles.clone().into_boxed_slice(), id);
-                id
-            }
-        };
-        let team_list: Box<[(String, TeamRole)]> = user.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
-        let next = u32::try_from(self.team_lists.len()).unwrap_or(u32::MAX);
-        let teams = *self.team_lists.entry(team_list).or_insert(next);
+    /// Adds one user: its name and e-mail are the only allocations unless its role or
+    /// team list is new.
+    pub fn push(&mut self, user: UserFields<'_>) {
+        let roles = intern_list(&mut self.role_lists, user.roles);
+        let teams = intern_list(&mut self.team_lists, user.teams);
         self.records.push(UserRecord {
-            name: user.name.as_str().into(),
-            email: user.email.as_str().into(),
+            name: user.name.into(),
+            email: user.email.into(),
             disabled: user.disabled,
             roles,
             teams,
@@ -425,7 +427,14 @@ impl Users {
     pub fn from_entries(entries: &[UserEntry]) -> Users {
         let mut users = Users::default();
         for user in entries {
-            users.push(user);
+            let teams: Vec<(String, TeamRole)> = user.teams.iter().map(|t| (t.team.clone(), t.role)).collect();
+            users.push(UserFields {
+                name: &user.name,
+                email: &user.email,
+                disabled: user.disabled,
+                roles: &user.roles,
+                teams: &teams,
+            });
         }
         users
     }
@@ -962,10 +971,10 @@ mod tests {
                 namespace: "shop",
                 owner_kind: OwnerKind::User,
                 owner_name: if i % 2 == 0 { "bob" } else { "eve" },
-                scopes: vec!["read".into()],
-                roles: Vec::new(),
-                teams: Vec::new(),
-                honoured_in: Vec::new(),
+                scopes: &["read".to_string()],
+                roles: &[],
+                teams: &[],
+                honoured_in: &[],
                 expires_at: None,
                 revoked_at: Some(NOW),
             });

@@ -155,21 +155,19 @@ async fn propagation(args: &HashMap<String, String>) -> Result<()> {
         for i in 0..revocations {
             let t0 = started.elapsed();
             let now = portcullis_wire::unix_now();
-            // Which sidecars the revocation concerns: the key's namespace, or all.
-            let (outcome, concerned): (_, Box<dyn Fn(&Seen) -> bool>) = if kind == "api_key" {
+            // Which sidecars the revocation concerns: the key's namespace's, or all.
+            let (outcome, only) = if kind == "api_key" {
                 let outcome = store.revoke_api_key(&hashes[i], now).await.map_err(fail)?;
-                (outcome, Box::new(move |s: &Seen| s.namespace == i % namespaces))
+                (outcome, Some(i % namespaces))
             } else {
                 let disabled = UserRow {
                     disabled: true,
                     ..users[i].clone()
                 };
-                (
-                    store.upsert_user(&disabled).await.map_err(fail)?,
-                    Box::new(|_: &Seen| true),
-                )
+                (store.upsert_user(&disabled).await.map_err(fail)?, None)
             };
-            wait_all(&seen, &*concerned, outcome.revision, Duration::from_secs(30)).await?;
+            let concerned = |s: &Seen| only.is_none_or(|n| s.namespace == n);
+            wait_all(&seen, &concerned, outcome.revision, Duration::from_secs(30)).await?;
             for slot in seen.iter().filter(|s| concerned(s)) {
                 let at = Duration::from_nanos(slot.at_ns.load(Ordering::Acquire));
                 latencies_ms.push(at.saturating_sub(t0).as_secs_f64() * 1000.0);
