@@ -6,9 +6,10 @@
 #   KEEP=1 BENCH_DIR=/tmp/pb bash bench/sidecar.sh       # once
 #   BENCH_DIR=/tmp/pb bash bench/instructions.sh          # prints instructions/request
 #   BENCH_DIR=/tmp/pb PROXY_BIN=/other/build/portcullis-proxy CONNS=128 bash bench/instructions.sh
+#   BENCH_DIR=/tmp/pb CREDENTIAL=apikey bash bench/instructions.sh      # the API-key path
 #
 # The proxy runs under valgrind behind the same upstream nginx as in peers.sh; wrk sends HS256
-# requests for 3 s (warm-up, not counted) and 6 s (counted).
+# (or API-key) requests for 3 s (warm-up, not counted) and 6 s (counted).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${BENCH_DIR:?set BENCH_DIR to a kept bench/sidecar.sh run (KEEP=1 BENCH_DIR=…)}
@@ -34,7 +35,12 @@ for _ in $(seq 1 120); do
   curl -sf -o /dev/null http://127.0.0.1:18991/readyz && break
   sleep 0.5
 done
-AUTH="Authorization: Bearer $(cat "$B/jwt/TOKEN_HS256")"
+# The credential: a cached HS256 JWT by default; CREDENTIAL=apikey sends the API key.
+case ${CREDENTIAL:-hs256} in
+  hs256) AUTH="Authorization: Bearer $(cat "$B/jwt/TOKEN_HS256")" ;;
+  apikey) AUTH="X-API-Key: $(cat "$B/jwt/api.key")" ;;
+  *) echo "error: CREDENTIAL is hs256 or apikey" >&2; exit 1 ;;
+esac
 wrk -t1 -c"$CONNS" -d3 -H "$AUTH" http://127.0.0.1:18090/ >/dev/null
 callgrind_control --zero "$PROXY" >/dev/null 2>&1
 LOAD=$(wrk -t1 -c"$CONNS" -d6 -H "$AUTH" http://127.0.0.1:18090/)
