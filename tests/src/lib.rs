@@ -366,18 +366,7 @@ impl Sidecar {
         dir: &Path,
         log_filter: &str,
     ) -> Result<Sidecar> {
-        let url = format!("http://{}", plane.api);
-        let sidecar = Sidecar::spawn(
-            &url,
-            &plane.token_path(namespace),
-            namespace,
-            upstream,
-            dir,
-            log_filter,
-            &[],
-        )?;
-        sidecar.ready().await?;
-        Ok(sidecar)
+        Sidecar::launch(plane, namespace, upstream, dir, log_filter, &[]).await
     }
 
     /// [`Sidecar::start`] with more arguments (`--max-staleness 3`, …).
@@ -388,16 +377,21 @@ impl Sidecar {
         dir: &Path,
         extra: &[&str],
     ) -> Result<Sidecar> {
+        Sidecar::launch(plane, namespace, upstream, dir, "info", extra).await
+    }
+
+    /// Starts a sidecar polling `plane` over plain HTTP and waits until it is ready.
+    async fn launch(
+        plane: &ControlPlane,
+        namespace: &str,
+        upstream: SocketAddr,
+        dir: &Path,
+        log_filter: &str,
+        extra: &[&str],
+    ) -> Result<Sidecar> {
         let url = format!("http://{}", plane.api);
-        let sidecar = Sidecar::spawn(
-            &url,
-            &plane.token_path(namespace),
-            namespace,
-            upstream,
-            dir,
-            "info",
-            extra,
-        )?;
+        let token = plane.token_path(namespace);
+        let sidecar = Sidecar::spawn(&url, &token, namespace, upstream, dir, log_filter, extra)?;
         sidecar.ready().await?;
         Ok(sidecar)
     }

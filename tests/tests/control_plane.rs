@@ -61,6 +61,15 @@ async fn setup_with(database_url: Option<&str>, extra_manifests: &[(&str, String
     }
 }
 
+/// Starts the (stopped) control plane again on the same state, database and address.
+async fn restart(setup: &mut Setup) {
+    let plane = ControlPlane::start(&setup.plane.manifests, &setup.plane.state, None, setup.plane.api)
+        .await
+        .unwrap();
+    plane.ready("shop").await.unwrap();
+    setup.plane = plane;
+}
+
 /// Waits until every sidecar answers `status` to bob's key; the slowest sidecar's time.
 async fn all_answer(setup: &Setup, status: u16, within: Duration) -> Option<Duration> {
     let mut slowest = Duration::ZERO;
@@ -184,11 +193,7 @@ async fn past_the_maximum_staleness_sidecars_answer_503_until_the_control_plane_
         .await
         .unwrap();
     assert!(answer.text().contains("policy_stale"), "{}", answer.text());
-    let plane = ControlPlane::start(&setup.plane.manifests, &setup.plane.state, None, setup.plane.api)
-        .await
-        .unwrap();
-    plane.ready("shop").await.unwrap();
-    setup.plane = plane;
+    restart(&mut setup).await;
     // Backoff while it was down is a few seconds at most here.
     assert!(
         all_answer(&setup, 200, Duration::from_secs(35)).await.is_some(),
@@ -322,11 +327,7 @@ async fn sidecars_keep_enforcing_while_the_control_plane_is_down_and_catch_up_af
         .await
         .unwrap();
     store.close().await;
-    let plane = ControlPlane::start(&setup.plane.manifests, &setup.plane.state, None, setup.plane.api)
-        .await
-        .unwrap();
-    plane.ready("shop").await.unwrap();
-    setup.plane = plane;
+    restart(&mut setup).await;
     // Sidecars back off while it is down (to 30 s at most); they catch up on their next try.
     assert!(
         all_answer(&setup, 401, Duration::from_secs(35)).await.is_some(),
