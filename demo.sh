@@ -37,8 +37,16 @@ target/debug/portcullis-proxy --listen "$PROXY" --admin-listen "$ADMIN" --upstre
 pids+=($!)
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "http://$ADMIN/readyz" >/dev/null || { cat "$STATE/proxy.log"; echo "error: sidecar not ready" >&2; exit 1; }
-
 KEY=$(awk '/^# bob-cli-apikey$/{f=1} f && /api-key:/{print $2; exit}' "$STATE/secrets/shop.yaml" | base64 -d)
+# Ready means it holds a snapshot; the control plane reads new revisions every 100 ms, so
+# the first one may come from just before the first pass ended. The examples' public route
+# and bob's key answering say their policy and keys are in force.
+for _ in $(seq 1 100); do
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$PROXY/healthz") == 200 &&
+    $(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $KEY" "http://$PROXY/api/v1/items") == 200 ]] && break
+  sleep 0.1
+done
+
 failed=0
 show() { # expected-status description curl-args...
   local want=$1 what=$2; shift 2
