@@ -312,6 +312,17 @@ async fn certification_conflicts_between_nodes_are_retried() {
     // Each update committed exactly once, in revision order; the last one per row wins,
     // and all three nodes agree.
     let revisions: BTreeSet<i64> = writes.iter().map(|(_, r)| *r).collect();
+    if revisions.len() != 2 * EACH {
+        let mut by_revision: BTreeMap<i64, Vec<&RoleRow>> = BTreeMap::new();
+        for (role, revision) in &writes {
+            by_revision.entry(*revision).or_default().push(role);
+        }
+        by_revision.retain(|_, roles| roles.len() > 1);
+        eprintln!(
+            "revisions reported twice: {by_revision:?}; start {start}; now {}",
+            a.revision().await.unwrap()
+        );
+    }
     assert_eq!(revisions.len(), 2 * EACH, "one revision per update");
     assert_eq!(
         revisions.iter().copied().collect::<Vec<_>>(),

@@ -48,6 +48,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The transaction was no longer open when it came to commit: a Galera node aborted
+    /// it for a conflicting write from another node and the abort was not reported on
+    /// the statement it hit, so the statements after it may have run on their own.
+    /// Retried like a certification failure, and the retry publishes a revision even if
+    /// it finds nothing left to change (see `versioned_write!`).
+    #[error("the transaction ended before its commit (aborted for a conflicting write on another Galera node)")]
+    TransactionLost,
 }
 
 impl StoreError {
@@ -66,6 +73,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => super::retry::is_transient(e),
+            StoreError::TransactionLost => true,
             _ => false,
         }
     }

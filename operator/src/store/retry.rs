@@ -221,26 +221,29 @@ where
 {
     let mut attempt = 0;
     loop {
-        match op().await {
-            Err(StoreError::Database(err)) => {
-                let cause = cause(&err);
-                let retry = cause.is_transient() && attempt + 1 < policy.max_attempts;
-                if let Some(counts) = counts {
-                    counts.record(cause, retry);
-                }
-                if !retry {
-                    if cause.is_transient() {
-                        tracing::warn!(operation = what, attempts = attempt + 1, cause = cause.as_str(), error = %err, "database error persisted through every retry");
-                    }
-                    return Err(StoreError::Database(err));
-                }
-                let wait = policy.backoff(attempt);
-                tracing::debug!(operation = what, attempt, ?wait, cause = cause.as_str(), error = %err, "transient database error, retrying");
-                attempt += 1;
-                tokio::time::sleep(wait).await;
-            }
+        let err = match op().await {
+            Err(err @ (StoreError::Database(_) | StoreError::TransactionLost)) => err,
             other => return other,
+        };
+        let cause = match &err {
+            StoreError::Database(err) => cause(err),
+            // An abort by a conflicting write, reported late.
+            _ => Cause::Deadlock,
+        };
+        let retry = cause.is_transient() && attempt + 1 < policy.max_attempts;
+        if let Some(counts) = counts {
+            counts.record(cause, retry);
         }
+        if !retry {
+            if cause.is_transient() {
+                tracing::warn!(operation = what, attempts = attempt + 1, cause = cause.as_str(), error = %err, "database error persisted through every retry");
+            }
+            return Err(err);
+        }
+        let wait = policy.backoff(attempt);
+        tracing::debug!(operation = what, attempt, ?wait, cause = cause.as_str(), error = %err, "transient database error, retrying");
+        attempt += 1;
+        tokio::time::sleep(wait).await;
     }
 }
 
