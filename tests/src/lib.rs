@@ -355,21 +355,11 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `portcullis-proxy` for pods `app=sample-api` of `namespace`, in front of `upstream`.
     pub async fn start(plane: &ControlPlane, namespace: &str, upstream: SocketAddr, dir: &Path) -> Result<Sidecar> {
-        Sidecar::start_logging(plane, namespace, upstream, dir, "info").await
+        Sidecar::start_with(plane, namespace, upstream, dir, &[]).await
     }
 
-    /// [`Sidecar::start`] with its log filter (`--log`), e.g. `debug`.
-    pub async fn start_logging(
-        plane: &ControlPlane,
-        namespace: &str,
-        upstream: SocketAddr,
-        dir: &Path,
-        log_filter: &str,
-    ) -> Result<Sidecar> {
-        Sidecar::launch(plane, namespace, upstream, dir, log_filter, &[]).await
-    }
-
-    /// [`Sidecar::start`] with more arguments (`--max-staleness 3`, …).
+    /// [`Sidecar::start`] with more arguments (`--max-staleness 3`, `--log debug`, …),
+    /// polling `plane` over plain HTTP; waits until it is ready.
     pub async fn start_with(
         plane: &ControlPlane,
         namespace: &str,
@@ -377,34 +367,21 @@ impl Sidecar {
         dir: &Path,
         extra: &[&str],
     ) -> Result<Sidecar> {
-        Sidecar::launch(plane, namespace, upstream, dir, "info", extra).await
-    }
-
-    /// Starts a sidecar polling `plane` over plain HTTP and waits until it is ready.
-    async fn launch(
-        plane: &ControlPlane,
-        namespace: &str,
-        upstream: SocketAddr,
-        dir: &Path,
-        log_filter: &str,
-        extra: &[&str],
-    ) -> Result<Sidecar> {
         let url = format!("http://{}", plane.api);
-        let token = plane.token_path(namespace);
-        let sidecar = Sidecar::spawn(&url, &token, namespace, upstream, dir, log_filter, extra)?;
+        let sidecar = Sidecar::spawn(&url, &plane.token_path(namespace), namespace, upstream, dir, extra)?;
         sidecar.ready().await?;
         Ok(sidecar)
     }
 
     /// Starts `portcullis-proxy` polling the control plane at `url` (`http://` or
-    /// `https://`) with `token_file`, without waiting for it to be ready.
+    /// `https://`) with `token_file`, without waiting for it to be ready. Logs at `info`
+    /// unless `extra` says `--log`.
     pub fn spawn(
         url: &str,
         token_file: &Path,
         namespace: &str,
         upstream: SocketAddr,
         dir: &Path,
-        log_filter: &str,
         extra: &[&str],
     ) -> Result<Sidecar> {
         let binary = binary("portcullis-proxy")?;
@@ -425,9 +402,10 @@ impl Sidecar {
             namespace.into(),
             "--pod-label".into(),
             "app=sample-api".into(),
-            "--log".into(),
-            log_filter.into(),
         ];
+        if !extra.contains(&"--log") {
+            args.extend(["--log".to_string(), "info".into()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let log = dir.join(format!("proxy-{}.log", listen.port()));
         let process = Process::spawn(&binary, &args, &[], log)?;

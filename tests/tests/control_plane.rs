@@ -121,23 +121,14 @@ async fn revocations_reach_every_sidecar_within_a_second(database_url: Option<&s
         .metric("portcullis_proxy_snapshot_revision")
         .await
         .unwrap();
-    let now = portcullis_wire::unix_now();
     let outcome = store
-        .insert_api_key(&portcullis_operator::store::ApiKeyRow {
-            key_hash: portcullis_operator::credentials::sha256_hex(b"billing-key"),
-            namespace: "billing".into(),
-            name: "billing-cli".into(),
-            prefix: "pck_billing".into(),
-            owner_kind: portcullis_wire::OwnerKind::User,
-            owner_name: "bob".into(),
-            scopes: vec!["read".into()],
-            roles: Vec::new(),
-            teams: Vec::new(),
-            honoured_in: Vec::new(),
-            expires_at: None,
-            revoked_at: None,
-            created_at: now,
-        })
+        .insert_api_key(&portcullis_operator::store::ApiKeyRow::user_key(
+            "billing-key",
+            "billing",
+            "billing-cli",
+            "bob",
+            ["read"],
+        ))
         .await
         .unwrap();
     assert!(outcome.revision as f64 > held);
@@ -250,16 +241,7 @@ async fn a_sidecar_trusts_the_control_plane_only_through_the_ca_it_is_given() {
     );
     let start = |ca: &str| {
         let ca = path(ca).display().to_string();
-        Sidecar::spawn(
-            &url,
-            &token,
-            "shop",
-            app,
-            dir.path(),
-            "info",
-            &["--control-plane-ca", &ca],
-        )
-        .unwrap()
+        Sidecar::spawn(&url, &token, "shop", app, dir.path(), &["--control-plane-ca", &ca]).unwrap()
     };
     let trusting = start("ours.pem");
     let fooled = start("theirs.pem");

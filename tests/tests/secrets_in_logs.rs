@@ -64,7 +64,7 @@ async fn no_secret_reaches_a_log_at_debug_level() {
         .unwrap();
     plane.ready("shop").await.unwrap();
     let app = upstream().await.unwrap();
-    let sidecar = Sidecar::start_logging(&plane, "shop", app, dir.path(), "debug")
+    let sidecar = Sidecar::start_with(&plane, "shop", app, dir.path(), &["--log", "debug"])
         .await
         .unwrap();
 

@@ -85,17 +85,23 @@ pub struct ClaimNames {
 }
 
 impl ClaimNames {
+    /// The default claim names, also the Issuer CRD's defaults.
+    pub const ROLES: &'static str = "roles";
+    pub const SCOPES: &'static str = "scope";
+    pub const TEAMS: &'static str = "teams";
+    pub const EMAIL: &'static str = "email";
+
     fn default_roles() -> String {
-        "roles".into()
+        Self::ROLES.into()
     }
     fn default_scopes() -> String {
-        "scope".into()
+        Self::SCOPES.into()
     }
     fn default_teams() -> String {
-        "teams".into()
+        Self::TEAMS.into()
     }
     fn default_email() -> String {
-        "email".into()
+        Self::EMAIL.into()
     }
 }
 

@@ -1,6 +1,7 @@
 //! `Issuer` (cluster-scoped): an external OIDC/JWT issuer whose tokens sidecars accept.
 
 use kube::CustomResource;
+use portcullis_wire::ClaimNames;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -99,16 +100,16 @@ pub struct ClaimMapping {
 }
 
 fn default_roles_claim() -> String {
-    "roles".into()
+    ClaimNames::ROLES.into()
 }
 fn default_scopes_claim() -> String {
-    "scope".into()
+    ClaimNames::SCOPES.into()
 }
 fn default_teams_claim() -> String {
-    "teams".into()
+    ClaimNames::TEAMS.into()
 }
 fn default_email_claim() -> String {
-    "email".into()
+    ClaimNames::EMAIL.into()
 }
 
 impl Default for ClaimMapping {

@@ -32,6 +32,34 @@ pub struct ApiKeyRow {
 }
 
 impl ApiKeyRow {
+    /// A User's key in `namespace` made now from the key itself, granting `scopes` and
+    /// nothing else (no roles, teams or other namespaces, no expiry): for tools and
+    /// tests. The APIKey controller builds its rows from the object's grants.
+    pub fn user_key(
+        key: &str,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        owner: impl Into<String>,
+        scopes: impl IntoIterator<Item = impl Into<String>>,
+    ) -> ApiKeyRow {
+        ApiKeyRow {
+            key_hash: crate::credentials::hash_api_key(key),
+            namespace: namespace.into(),
+            name: name.into(),
+            prefix: crate::credentials::display_prefix(key),
+            owner_kind: OwnerKind::User,
+            owner_name: owner.into(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+            roles: Vec::new(),
+            teams: Vec::new(),
+            honoured_in: Vec::new(),
+            expires_at: None,
+            revoked_at: None,
+            created_at: portcullis_wire::unix_now(),
+        }
+        .normalized()
+    }
+
     /// Lists sorted and without duplicates, as they are stored and compared.
     fn normalized(&self) -> ApiKeyRow {
         let mut key = self.clone();

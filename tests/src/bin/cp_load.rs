@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use portcullis_e2e::{ControlPlane, HarnessError, free_port, http};
 use portcullis_operator::store::{ApiKeyRow, DbConfig, RoleRow, Store, UserRow};
-use portcullis_wire::OwnerKind;
 
 type Result<T> = std::result::Result<T, HarnessError>;
 
@@ -97,25 +96,15 @@ async fn propagation(args: &HashMap<String, String>) -> Result<()> {
     }
     let mut hashes = Vec::new();
     for i in 0..revocations.max(namespaces) {
-        let hash = portcullis_operator::credentials::sha256_hex(format!("key-{i}").as_bytes());
-        store
-            .insert_api_key(&ApiKeyRow {
-                key_hash: hash.clone(),
-                namespace: format!("ns-{}", i % namespaces),
-                name: format!("key-{i}"),
-                prefix: "pck_load".into(),
-                owner_kind: OwnerKind::User,
-                owner_name: "load".into(),
-                scopes: vec!["read".into()],
-                roles: Vec::new(),
-                teams: Vec::new(),
-                honoured_in: Vec::new(),
-                expires_at: None,
-                revoked_at: None,
-                created_at: portcullis_wire::unix_now(),
-            })
-            .await
-            .map_err(fail)?;
+        let key = ApiKeyRow::user_key(
+            &format!("key-{i}"),
+            format!("ns-{}", i % namespaces),
+            format!("key-{i}"),
+            "load",
+            ["read"],
+        );
+        store.insert_api_key(&key).await.map_err(fail)?;
+        let hash = key.key_hash;
         hashes.push(hash);
     }
     let manifests = dir.path().join("manifests");
