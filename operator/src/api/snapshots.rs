@@ -15,6 +15,9 @@
 //! SQLite's update hook sees only its own connection, and the token service or another
 //! process writes the same file). One indexed one-row read ten times a second is
 //! nothing to the database and keeps a revocation well inside the one-second budget.
+//! Writes this process commits (local mode's reconcilers, the token service's logouts)
+//! wake the publisher at once through [`Store::commits`], on every backend: the poll is
+//! for the other writers.
 //! On a new revision it reads the snapshot once and publishes it on a
 //! `tokio::sync::watch`; every long poll waits on that channel.
 
@@ -282,15 +285,23 @@ impl Feed {
 /// Reads snapshots and publishes them to the [`Feed`].
 pub struct Publisher {
     tx: watch::Sender<Option<Arc<Built>>>,
+    /// How often the revision is read on the backends that cannot notify.
+    poll: Duration,
 }
 
 /// A publisher and the feed it fills.
 pub fn channel() -> (Publisher, Feed) {
     let (tx, rx) = watch::channel(None);
-    (Publisher { tx }, Feed { rx })
+    (Publisher { tx, poll: POLL }, Feed { rx })
 }
 
 impl Publisher {
+    /// Reads the revision every `poll` on the backends that cannot notify (default
+    /// [`POLL`]).
+    pub fn poll_every(self, poll: Duration) -> Publisher {
+        Publisher { poll, ..self }
+    }
+
     /// Reads a new snapshot whenever the revision moves (see the module comment), for
     /// ever. Database errors are logged and retried; the last snapshot stays served.
     pub async fn run(self, store: Store, metrics: Arc<Metrics>) {
@@ -301,9 +312,10 @@ impl Publisher {
                 None
             }
         };
+        let mut own_commits = store.commits();
         let mut seen: Option<i64> = None;
         let mut failing = false;
-        let mut polls_without_listener = 0u32;
+        let mut listener_lost_at = Instant::now();
         let mut epoch_made = false;
         loop {
             // The epoch exists before the first snapshot is served (made on first start).
@@ -334,19 +346,25 @@ impl Publisher {
                 Some(l) => {
                     let lost = tokio::select! {
                         got = l.next() => got.err(),
+                        _ = own_commits.changed() => None,
                         _ = tokio::time::sleep(POLL_WITH_NOTIFY) => None,
                     };
                     if let Some(e) = lost {
                         tracing::warn!(error = %e, "revision notifications lost; polling until they are back");
                         listener = None;
+                        listener_lost_at = Instant::now();
                     }
                 }
                 None => {
-                    tokio::time::sleep(POLL).await;
+                    tokio::select! {
+                        _ = own_commits.changed() => {}
+                        _ = tokio::time::sleep(self.poll) => {}
+                    }
                     // On PostgreSQL, try to get notifications back every 10 s.
-                    polls_without_listener += 1;
-                    if store.backend() == crate::store::Backend::Postgres && polls_without_listener >= 100 {
-                        polls_without_listener = 0;
+                    if store.backend() == crate::store::Backend::Postgres
+                        && listener_lost_at.elapsed() >= Duration::from_secs(10)
+                    {
+                        listener_lost_at = Instant::now();
                         listener = store.revision_listener().await.ok().flatten();
                     }
                 }

@@ -525,3 +525,43 @@ async fn token_reviews_name_the_namespace_and_are_cached() {
     assert_eq!(auth.namespace(&headers("sa-token")).await.unwrap(), "shop");
     assert_eq!(api.token_reviews(), reviews, "answered from the cache");
 }
+
+/// A write this process commits (local mode's reconcilers, the token service) is
+/// published without waiting for the revision poll, which is an hour here.
+#[tokio::test]
+async fn a_write_of_this_process_is_published_without_waiting_for_the_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&DbConfig::from_url(&format!("sqlite://{}/own.db", dir.path().display())).unwrap())
+        .await
+        .unwrap();
+    let (publisher, feed) = snapshots::channel();
+    let mut published = feed.subscribe();
+    tokio::spawn(
+        publisher
+            .poll_every(Duration::from_secs(3600))
+            .run(store.clone(), Arc::new(Metrics::new())),
+    );
+    let first = published
+        .wait_for(Option::is_some)
+        .await
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .revision;
+    let written = store
+        .upsert_role(&RoleRow::new("auditor", ["audit:read"]))
+        .await
+        .unwrap();
+    assert!(written.changed && written.revision > first);
+    let seen = tokio::time::timeout(
+        Duration::from_secs(60),
+        published.wait_for(|built| built.as_ref().is_some_and(|b| b.revision >= written.revision)),
+    )
+    .await
+    .expect("published before the poll")
+    .unwrap()
+    .as_ref()
+    .unwrap()
+    .revision;
+    assert_eq!(seen, written.revision);
+}

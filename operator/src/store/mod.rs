@@ -149,6 +149,9 @@ pub struct Store {
     /// A Galera node: write transactions check they are still open before committing
     /// (see [`StoreError::TransactionLost`]).
     galera: bool,
+    /// The last revision this process committed (shared by its clones), so that what
+    /// follows the revision in-process hears of its own writes at once.
+    committed: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -242,6 +245,7 @@ impl Store {
             retry: RetryPolicy::default(),
             errors: Arc::default(),
             galera,
+            committed: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -265,6 +269,13 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The revisions this process commits, as they commit (the value is the last one).
+    /// Writers in other processes are not seen here: see `api::snapshots` for how those
+    /// are followed.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.committed.subscribe()
     }
 
     /// Database errors this store's transactions met, by cause.
@@ -449,6 +460,7 @@ impl Store {
             tx,
             revision,
             check_open: self.galera,
+            committed: self.committed.clone(),
         })
     }
 }
@@ -483,6 +495,8 @@ struct WriteTx {
     revision: i64,
     /// Whether to make sure, before committing, that the transaction is still open.
     check_open: bool,
+    /// Told the revision once it is committed.
+    committed: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl WriteTx {
@@ -505,6 +519,14 @@ impl WriteTx {
                 }
             }
             self.tx.commit().await?;
+            let revision = self.revision;
+            self.committed.send_if_modified(|last| {
+                let newer = revision > *last;
+                if newer {
+                    *last = revision;
+                }
+                newer
+            });
             Ok(WriteOutcome {
                 revision: self.revision,
                 changed: true,
