@@ -515,6 +515,10 @@ impl WriteTx {
                         .fetch_one(&mut *self.tx)
                         .await?;
                 if open != 1 {
+                    tracing::warn!(
+                        revision = self.revision,
+                        "write transaction found ended before its commit (Galera abort not reported); running it again"
+                    );
                     return Err(StoreError::TransactionLost);
                 }
             }
